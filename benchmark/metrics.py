@@ -1,0 +1,472 @@
+"""Metric maths over request records: per-request latencies, their statistics and the common metrics.
+
+Pure numpy/pandas. Records are flattened once into flat arrays (one offset per SSE event, with the
+events of each request contiguous); every metric is then a vectorised operation over those arrays.
+
+Two profiles:
+- `default`: DESIGN.md. TTFT = first content/reasoning event; ITL = gaps between consecutive
+  content/reasoning events; E2EL = last event of any kind (usage included). No rounding.
+- `aisbench`: AISBench's definitions. Every data event counts (TTFT = first event of any kind, ITL over
+  all events), and numbers are rounded where AISBench rounds them: each statistic in seconds to
+  4 decimals, then x1000 to ms rounded to 4 decimals; common metrics rounded to 4 decimals
+  (Benchmark Duration: D x 1000 rounded to 4 decimals).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
+
+import numpy as np
+import pandas as pd
+
+from .records import TOKEN_KINDS
+
+PROFILES = ("default", "aisbench")
+STATS = ("Average", "Min", "Max", "Median", "P75", "P90", "P99")
+PERCENTILES = (50, 75, 90, 99)
+PERF_COLUMNS = ("Performance Parameters", "Stage", *STATS, "N")
+COMMON_COLUMNS = ("Common Metric", "Stage", "Value", "Unit")
+
+MS_METRICS = ("E2EL", "TTFT", "TPOT", "ITL")
+TOKEN_METRICS = ("InputTokens", "OutputTokens")
+RATE_METRICS = ("OutputTokenThroughput", "PrefillTokenThroughput")
+PERF_METRICS = (*MS_METRICS, *TOKEN_METRICS, *RATE_METRICS)
+
+COMMON_METRICS = (
+    ("Benchmark Duration", "ms"),
+    ("Total Requests", ""),
+    ("Failed Requests", ""),
+    ("Success Requests", ""),
+    ("Concurrency", ""),
+    ("Max Concurrency", ""),
+    ("Peak In-Flight", ""),
+    ("Request Throughput", "req/s"),
+    ("Total Input Tokens", ""),
+    ("Prefill Token Throughput", "token/s"),
+    ("Total Generated Tokens", ""),
+    ("Input Token Throughput", "token/s"),
+    ("Output Token Throughput", "token/s"),
+    ("Total Token Throughput", "token/s"),
+)
+# common metrics that are whole numbers (shown without decimals)
+COUNT_METRICS = frozenset({
+    "Total Requests", "Failed Requests", "Success Requests", "Max Concurrency", "Peak In-Flight",
+    "Total Input Tokens", "Total Generated Tokens",
+})
+
+TOTAL = "total"
+# kinds that carry generated text (records.TOKEN_KINDS); a set's __contains__ is the cheapest exact
+# per-event test, and the per-event passes are what dominates at a million records
+_IS_TOKEN_KIND = frozenset(TOKEN_KINDS).__contains__
+
+
+@dataclass
+class Results:
+    """Metric tables in display units (ms, tokens, token/s); tables.py renders them."""
+    profile: str
+    perf: pd.DataFrame     # PERF_COLUMNS; NaN where a metric cannot be measured (non-stream)
+    common: pd.DataFrame   # COMMON_COLUMNS; Value float (NaN where not measurable)
+    stream: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# flattening
+
+
+@dataclass
+class _Requests:
+    """One entry per record."""
+    t_send: np.ndarray      # epoch s (NaN when missing)
+    success: np.ndarray     # bool
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    stage: np.ndarray       # int codes into stage_names
+    stage_names: list
+    end: np.ndarray | None = None  # last event offset from t_send, s (NaN when no events)
+
+
+_FIELDS = ("t_send", "success", "input_tokens", "output_tokens", "stage", "events")
+
+
+def _columns(records: list[dict]) -> list[tuple]:
+    """The fields metrics need, one tuple per field, read in a single pass over the records."""
+    if not records:
+        return [()] * len(_FIELDS)
+    try:
+        rows = list(map(itemgetter(*_FIELDS), records))  # records from new_record() have every field
+    except KeyError:
+        rows = [tuple(map(r.get, _FIELDS)) for r in records]
+    return list(zip(*rows))
+
+
+def _requests(records: list[dict]) -> tuple[_Requests, list]:
+    """Per-record arrays, and each record's event list."""
+    t_send, success, input_tokens, output_tokens, stage, events = _columns(records)
+    codes, names = pd.factorize(pd.Series([s or TOTAL for s in stage], dtype=object), sort=False)
+    req = _Requests(
+        t_send=np.array(t_send, dtype=np.float64),  # None -> NaN
+        success=np.array(success, dtype=bool),
+        input_tokens=np.nan_to_num(np.array(input_tokens, dtype=np.float64), nan=0.0),
+        output_tokens=np.nan_to_num(np.array(output_tokens, dtype=np.float64), nan=0.0),
+        stage=codes.astype(np.int32),
+        stage_names=list(names),
+    )
+    return req, [ev or [] for ev in events]
+
+
+def _ends(req: _Requests, events: list[list], e2el: np.ndarray) -> np.ndarray:
+    """Last event offset of every record: successes from the flattened arrays, failures here (few)."""
+    end = np.full(req.success.size, np.nan)
+    end[req.success] = e2el
+    failed = np.flatnonzero(~req.success)
+    end[failed] = [events[i][-1][0] if events[i] else np.nan for i in failed]
+    return end
+
+
+def _flatten(events: list[list], with_kinds: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Event counts per request, all offsets back to back, and (optionally) a token-kind mask.
+
+    This is the only per-event Python work: one C-level pass per field (fromiter over map/itemgetter)."""
+    counts = np.fromiter(map(len, events), dtype=np.int64, count=len(events))
+    total = int(counts.sum())
+    offsets = np.fromiter(map(itemgetter(0), chain.from_iterable(events)), dtype=np.float64, count=total)
+    token = None
+    if with_kinds:
+        token = np.fromiter(map(_IS_TOKEN_KIND, map(itemgetter(1), chain.from_iterable(events))),
+                            dtype=bool, count=total)
+    return counts, offsets, token
+
+
+# ---------------------------------------------------------------------------------------------
+# segment helpers: a "segment" is the run of values that belong to one request.
+# At a million requests the flat arrays hold ~1e8 values (800 MB each), so the big steps work in
+# place, block by block, instead of allocating a second full-size array.
+
+BLOCK = 1 << 22
+
+
+def _starts(counts: np.ndarray) -> np.ndarray:
+    starts = np.zeros(counts.size, dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    return starts
+
+
+def _first_last(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last value of every segment (NaN for empty segments)."""
+    first = np.full(counts.size, np.nan)
+    last = np.full(counts.size, np.nan)
+    starts = _starts(counts)
+    has = counts > 0
+    first[has] = values[starts[has]]
+    last[has] = values[starts[has] + counts[has] - 1]
+    return first, last
+
+
+def _owners(index: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Segment of each flat index."""
+    return np.searchsorted(np.cumsum(counts), index, side="right")
+
+
+def _count_per_segment(index: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """How many of the flat indices fall in each segment (cheap when they are few, as here)."""
+    return np.bincount(_owners(index, counts), minlength=counts.size)
+
+
+def _compress_inplace(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """values[keep], written over the front of `values`; returns that view."""
+    written = 0
+    for a in range(0, values.size, BLOCK):
+        part = values[a:a + BLOCK][keep[a:a + BLOCK]]  # a copy: safe to write over its own block
+        values[written:written + part.size] = part
+        written += part.size
+    return values[:written]
+
+
+def _diff_inplace(values: np.ndarray) -> np.ndarray:
+    """np.diff(values), written over `values`; returns that view (one shorter)."""
+    n = values.size - 1
+    for a in range(0, n, BLOCK):
+        b = min(a + BLOCK, n)
+        values[a:b] = values[a + 1:b + 1] - values[a:b]  # values[b] is read before it is overwritten
+    return values[:max(n, 0)]
+
+
+def _tokens_only(offsets: np.ndarray, counts: np.ndarray, token: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep only content/reasoning events (in place); their count per segment."""
+    other = np.flatnonzero(~token)  # role/usage/other: a few per request
+    tok_counts = counts - _count_per_segment(other, counts)
+    return _compress_inplace(offsets, token), tok_counts
+
+
+def _segment_gaps(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Differences between consecutive values inside each segment, pooled in segment order.
+
+    Consumes `values` (the gaps are written over it). Returns (gaps, gaps per segment, whether the
+    segment has a non-zero gap)."""
+    n_gaps = np.maximum(counts - 1, 0)
+    if values.size < 2:
+        return np.empty(0), n_gaps, np.zeros(counts.size, dtype=bool)
+    diffs = _diff_inplace(values)
+    # the diff that bridges two requests sits just before each request's first value
+    keep = np.ones(diffs.size, dtype=bool)
+    bridge = _starts(counts) - 1
+    keep[bridge[(bridge >= 0) & (bridge < diffs.size)]] = False
+    gaps = _compress_inplace(diffs, keep)
+    del keep
+    decoding = n_gaps > _count_per_segment(np.flatnonzero(gaps == 0), n_gaps)
+    return gaps, n_gaps, decoding
+
+
+# ---------------------------------------------------------------------------------------------
+# per-request samples
+
+
+@dataclass
+class _Samples:
+    """Per successful request (seconds), plus the pooled ITL gaps."""
+    e2el: np.ndarray
+    ttft: np.ndarray
+    tpot: np.ndarray
+    itl: np.ndarray
+    itl_per_request: np.ndarray   # number of ITL gaps of each request (to map gaps to stages)
+    decoding: np.ndarray          # request has a non-zero ITL gap (counts in TPOT/ITL N)
+
+
+def _samples(events: list[list], output_tokens: np.ndarray, profile: str, stream: bool) -> _Samples:
+    counts, offsets, token = _flatten(events, with_kinds=stream and profile == "default")
+    first, e2el = _first_last(offsets, counts)
+    n = counts.size
+    if not stream:
+        nothing = np.full(n, np.nan)
+        return _Samples(e2el, nothing, nothing, np.empty(0), np.zeros(n, np.int64), np.zeros(n, bool))
+    if profile == "default":
+        # only content/reasoning events carry tokens: TTFT and ITL are taken over those alone
+        offsets, counts = _tokens_only(offsets, counts, token)
+        del token
+        first, _ = _first_last(offsets, counts)
+    itl, itl_per_request, decoding = _segment_gaps(offsets, counts)
+    del offsets
+    ttft = first
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(output_tokens > 1, (e2el - ttft) / (output_tokens - 1), 0.0)
+    return _Samples(e2el, ttft, tpot, itl, itl_per_request, decoding)
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics and tables
+
+
+def _ratio(num, den) -> np.ndarray:
+    """num / den where den > 0, else NaN (and no warnings)."""
+    num, den = np.broadcast_arrays(np.asarray(num, np.float64), np.asarray(den, np.float64))
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def _stats(samples: np.ndarray, overwrite: bool = False) -> list[float]:
+    """Average, Min, Max and linear percentiles of the finite samples (zeros when there are none).
+
+    overwrite=True lets the percentile partition `samples` in place (no copy of a 1e8-long ITL array)."""
+    finite = np.isfinite(samples)
+    if not finite.all():
+        samples, overwrite = samples[finite], True
+    del finite
+    if samples.size == 0:
+        return [0.0] * len(STATS)
+    head = [float(samples.mean()), float(samples.min()), float(samples.max())]  # before any reordering
+    pct = np.percentile(samples, PERCENTILES, overwrite_input=overwrite)
+    return [*head, *map(float, pct)]
+
+
+def _aisbench_round(metric: str, values: list[float]) -> list[float]:
+    # AISBench rounds each statistic (in seconds) to 4 decimals, then converts to ms rounding again
+    if metric in MS_METRICS:
+        return [round(round(v, 4) * 1000, 4) for v in values]
+    return [round(v, 4) for v in values]
+
+
+def _perf_rows(stage: str, s: dict, profile: str, stream: bool) -> list[list]:
+    metrics = PERF_METRICS if profile == "default" else PERF_METRICS[:-1]
+    rows = []
+    for metric in metrics:
+        samples, n = s[metric]
+        if not stream and metric in ("TTFT", "TPOT", "ITL", "PrefillTokenThroughput"):
+            values, n = [np.nan] * len(STATS), 0
+        else:
+            values = _stats(samples, overwrite=metric == "ITL")
+            if profile == "aisbench":
+                values = _aisbench_round(metric, values)
+            elif metric in MS_METRICS:
+                values = [v * 1000 for v in values]
+        rows.append([metric, stage, *values, int(n)])
+    return rows
+
+
+def _peak_in_flight(starts: np.ndarray, ends: np.ndarray) -> int:
+    """Most [start, end] intervals open at once; touching intervals count as overlapping."""
+    ok = np.isfinite(starts) & np.isfinite(ends)
+    if not ok.any():
+        return 0
+    times = np.concatenate([starts[ok], ends[ok]])
+    step = np.concatenate([np.ones(ok.sum(), np.int32), -np.ones(ok.sum(), np.int32)])
+    order = np.lexsort((-step, times))  # at equal times, open before close
+    return int(np.cumsum(step[order]).max())
+
+
+def _common_rows(stage: str, req: _Requests, sel: np.ndarray, smp: _Samples, ok_sel: np.ndarray,
+                 profile: str, stream: bool, max_concurrency: int | None) -> list[list]:
+    total = int(sel.sum())
+    ok_idx = np.flatnonzero(sel & req.success)
+    success = ok_idx.size
+    e2el = smp.e2el[ok_sel]
+    starts = req.t_send[ok_idx]
+    ends = starts + e2el
+    valid = np.isfinite(ends)
+    duration = float(ends[valid].max() - starts[valid].min()) if valid.any() else 0.0
+    inputs = float(req.input_tokens[ok_idx].sum())
+    outputs = float(req.output_tokens[ok_idx].sum())
+    peak = _peak_in_flight(req.t_send[sel], req.t_send[sel] + req.end[sel])
+
+    def per_d(x: float) -> float:
+        return x / duration if duration > 0 else 0.0
+
+    ttft = smp.ttft[ok_sel]
+    ttft_sum = float(np.nansum(ttft))
+    prefill = (inputs / ttft_sum if ttft_sum > 0 else 0.0) if stream else np.nan
+    values = {
+        "Benchmark Duration": duration,
+        "Total Requests": total,
+        "Failed Requests": total - success,
+        "Success Requests": success,
+        "Concurrency": per_d(float(np.nansum(e2el))),
+        "Max Concurrency": max_concurrency if max_concurrency is not None else peak,
+        "Peak In-Flight": peak,
+        "Request Throughput": per_d(success),
+        "Total Input Tokens": inputs,
+        "Prefill Token Throughput": prefill,
+        "Total Generated Tokens": outputs,
+        "Input Token Throughput": per_d(inputs),
+        "Output Token Throughput": per_d(outputs),
+        "Total Token Throughput": per_d(inputs + outputs),
+    }
+    rows = []
+    for name, unit in COMMON_METRICS:
+        value = float(values[name])
+        if name == "Benchmark Duration":
+            value = round(value * 1000, 4) if profile == "aisbench" else value * 1000
+        elif profile == "aisbench" and name not in COUNT_METRICS and not np.isnan(value):
+            value = round(value, 4)
+        rows.append([name, stage, value, unit])
+    return rows
+
+
+def _stage_samples(smp: _Samples, req: _Requests, ok_sel: np.ndarray, gap_sel) -> dict:
+    """{metric: (samples, N)} for the successful requests picked by ok_sel."""
+    ok_idx = np.flatnonzero(req.success)[ok_sel]
+    inputs, outputs = req.input_tokens[ok_idx], req.output_tokens[ok_idx]
+    e2el, ttft = smp.e2el[ok_sel], smp.ttft[ok_sel]
+    itl = smp.itl if gap_sel is None else smp.itl[gap_sel]
+    decoding = int(smp.decoding[ok_sel].sum())
+
+    def finite(a):
+        return a, int(np.isfinite(a).sum())
+
+    return {
+        "E2EL": finite(e2el),
+        "TTFT": finite(ttft),
+        "TPOT": (smp.tpot[ok_sel], decoding),
+        "ITL": (itl, decoding),
+        "InputTokens": (inputs, inputs.size),
+        "OutputTokens": (outputs, outputs.size),
+        "OutputTokenThroughput": finite(_ratio(outputs, e2el)),
+        "PrefillTokenThroughput": finite(_ratio(inputs, ttft)),
+    }
+
+
+def compute(records: list[dict], profile: str = "default", max_concurrency: int | None = None,
+            stream: bool | None = None) -> Results:
+    """Metric tables for `records` (see module doc for the profiles).
+
+    stream=None detects it: a run where no successful request has more than one event is non-streaming,
+    and gives no TTFT/TPOT/ITL/Prefill values (N=0)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown metric profile {profile!r}; expected one of {PROFILES}")
+    req, events = _requests(records)
+    ok_events = [ev for ev, ok in zip(events, req.success) if ok]
+    if stream is None:
+        stream = not ok_events or any(len(ev) > 1 for ev in ok_events)
+    smp = _samples(ok_events, req.output_tokens[req.success], profile, stream)
+    del ok_events
+    req.end = _ends(req, events, smp.e2el)
+    del events
+
+    stages = [(TOTAL, None)] + [(name, code) for code, name in enumerate(req.stage_names) if name != TOTAL]
+    ok_stage = req.stage[req.success]
+    gap_stage = np.repeat(ok_stage, smp.itl_per_request) if len(stages) > 1 else None
+    perf, common = [], []
+    # total last: its ITL statistics may reorder the pooled gaps that the stages select from
+    for name, code in reversed(stages):
+        sel = np.ones(req.stage.size, bool) if code is None else req.stage == code
+        ok_sel = np.ones(ok_stage.size, bool) if code is None else ok_stage == code
+        gap_sel = None if code is None else gap_stage == code
+        perf += _perf_rows(name, _stage_samples(smp, req, ok_sel, gap_sel), profile, stream)
+        common += _common_rows(name, req, sel, smp, ok_sel, profile, stream, max_concurrency)
+    order = [name for name, _ in stages]
+    return Results(profile, _order(perf, PERF_COLUMNS, order), _order(common, COMMON_COLUMNS, order), stream)
+
+
+def _order(rows: list[list], columns: tuple, stages: list[str]) -> pd.DataFrame:
+    """Metric-major row order (every stage of a metric together, total first), as AISBench writes it."""
+    df = pd.DataFrame(rows, columns=list(columns))
+    metric_rank = {name: i for i, name in enumerate(dict.fromkeys(df[columns[0]]))}
+    stage_rank = {name: i for i, name in enumerate(stages)}
+    order = np.lexsort((df["Stage"].map(stage_rank).to_numpy(), df[columns[0]].map(metric_rank).to_numpy()))
+    return df.iloc[order].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# failures
+
+_UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I)
+_HEX_ID = re.compile(r"\b(?=[0-9a-f]*\d)[0-9a-f]{12,}\b", re.I)
+_NUMBER = re.compile(r"\d+\.\d+|\d{4,}")  # keeps 3-digit codes such as HTTP 500 distinct
+REASON_CHARS = 120
+
+
+def failure_reason(record: dict) -> str:
+    """Grouping key of a failed record: its error text with ids and varying numbers masked."""
+    text = " ".join(str(record.get("error") or "").split())
+    if not text:
+        status = record.get("http_status")
+        return f"HTTP {status}" if status else "unknown error"
+    text = _UUID.sub("<id>", text)
+    text = _HEX_ID.sub("<id>", text)
+    return _NUMBER.sub("<n>", text)[:REASON_CHARS]
+
+
+def failure_summary(records: list[dict]) -> pd.DataFrame:
+    """reason, count, first_example (error text and HTTP status of the first record with that reason)."""
+    groups: dict[str, list] = {}
+    for r in records:
+        if r.get("success"):
+            continue
+        reason = failure_reason(r)
+        if reason in groups:
+            groups[reason][0] += 1
+        else:
+            groups[reason] = [1, _example(r)]
+    df = pd.DataFrame([(k, c, ex) for k, (c, ex) in groups.items()],
+                      columns=["reason", "count", "first_example"])
+    df["count"] = df["count"].astype(np.int64)
+    return df.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _example(record: dict) -> str:
+    error = str(record.get("error") or "").strip()
+    status = record.get("http_status")
+    if not status:
+        return error
+    return f"{error} (HTTP {status})" if error else f"HTTP {status}"

@@ -1,0 +1,175 @@
+"""Custom command-line options, registered on Locust's own parser (so locust.conf, env vars
+LOCUST_* and the web UI form work too), and their validation into a RunConfig.
+
+Numbers are parsed here rather than by argparse so a bad value gives one line naming the option
+(argparse would print its usage block) and so values typed in the web UI are checked the same way.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+MODES = ("perf", "accuracy", "all")
+PROFILES = ("default", "aisbench")
+DATASETS = ("synthetic",)
+
+
+class ConfigError(Exception):
+    """A bad option value; the message is one line that names the option."""
+
+
+@dataclass
+class RunConfig:
+    host: str | None = None
+    model: str = ""
+    model_abbr: str = ""
+    api_key: str | None = field(default=None, repr=False)
+    dataset: str = "synthetic"
+    dataset_path: str | None = None
+    num_prompts: int = 0
+    input_len: int = 128
+    max_out_len: int = 128
+    ignore_eos: bool = False
+    sampling: dict = field(default_factory=dict)
+    tokenizer: str | None = None
+    mode: str = "perf"
+    stream: bool = True
+    metric_profile: str = "default"
+    output_dir: str = "reports"
+    timeout: float = 60.0
+    read_timeout: float = 300.0
+    seed: int = 0
+    sim_ttft_ms: float = 100.0
+    sim_itl_ms: float = 20.0
+
+    def public(self) -> dict:
+        """The configuration as written to config.json: never the API key."""
+        d = asdict(self)
+        d.pop("api_key")
+        d["api_key_set"] = bool(self.api_key)
+        return d
+
+    @classmethod
+    def from_options(cls, o) -> "RunConfig":
+        cfg = cls(
+            host=o.host or None,
+            model=(o.model or "").strip(),
+            model_abbr=(o.model_abbr or "").strip(),
+            api_key=o.api_key or os.environ.get("OPENAI_API_KEY") or None,
+            dataset=_choice(o, "dataset", DATASETS),
+            dataset_path=o.dataset_path or None,
+            num_prompts=_int(o, "num_prompts", 0),
+            input_len=_int(o, "input_len", 1),
+            max_out_len=_int(o, "max_out_len", 1),
+            ignore_eos=_bool(o, "ignore_eos"),
+            sampling=_sampling(o),
+            tokenizer=o.tokenizer or None,
+            mode=_choice(o, "mode", MODES),
+            stream=not _bool(o, "no_stream"),
+            metric_profile=_choice(o, "metric_profile", PROFILES),
+            output_dir=o.output_dir or "reports",
+            timeout=_float(o, "timeout", 0.001),
+            read_timeout=_float(o, "read_timeout", 0.001),
+            seed=_int(o, "seed", 0),
+            sim_ttft_ms=_float(o, "sim_ttft_ms", 0.0),
+            sim_itl_ms=_float(o, "sim_itl_ms", 0.0),
+        )
+        if cfg.mode in ("accuracy", "all") and cfg.ignore_eos:
+            raise ConfigError(f"--ignore-eos can't be used with --mode {cfg.mode}: "
+                              "scored answers must end naturally")
+        return cfg
+
+
+def add_arguments(parser) -> None:
+    def add(*flags, **kw):
+        # on the parser itself: Locust's web-UI flags don't exist on argument groups
+        parser.add_argument(*flags, include_in_web_ui=kw.pop("ui", True), **kw)
+
+    add("--model", default="", help="model name sent in requests; empty: ask GET /v1/models")
+    add("--model-abbr", default="", help="name of the model's output folder (default: --model)")
+    add("--api-key", default="", is_secret=True,
+        help="bearer token; default $OPENAI_API_KEY. Never written to any output")
+    add("--dataset", default="synthetic", help=f"prompt source: {', '.join(DATASETS)}")
+    add("--dataset-path", default="", help="file or folder of the dataset")
+    add("--num-prompts", default="0", help="prompts to load (0: dataset default, synthetic 1000)")
+    add("--input-len", default="128", help="synthetic prompt length in words")
+    add("--max-out-len", default="128", help="max_tokens of each request")
+    add("--ignore-eos", action="store_true", default=False,
+        help="send ignore_eos=true (fixed output lengths; perf mode only)")
+    add("--temperature", default="", help="sampling temperature (sent only when set)")
+    add("--top-p", default="", help="top_p (sent only when set)")
+    add("--top-k", default="", help="top_k (sent only when set)")
+    add("--extra-body", default="", help='JSON object merged into each request, e.g. \'{"seed": 1}\'')
+    add("--tokenizer", default="", help="local tokenizer directory (transformers) for token counts")
+    add("--mode", default="perf", help="perf | accuracy | all")
+    add("--no-stream", action="store_true", default=False,
+        help="non-streaming requests (TTFT/ITL not reported)")
+    add("--metric-profile", default="default",
+        help="default | aisbench (every SSE event counts, AISBench rounding)")
+    add("--output-dir", default="reports", help="root folder of run folders")
+    add("--timeout", default="60", help="seconds to connect and get the response headers")
+    add("--read-timeout", default="300", help="seconds allowed between two bytes of a response")
+    add("--seed", default="0", help="random seed of synthetic prompts")
+    add("--sim-ttft-ms", default="100", help="built-in simulator TTFT (used when no --host)")
+    add("--sim-itl-ms", default="20", help="built-in simulator ITL (used when no --host)")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _raw(o, name):
+    v = getattr(o, name, None)
+    return v.strip() if isinstance(v, str) else v
+
+
+def _number(o, name, conv, minimum, what):
+    v = _raw(o, name)
+    try:
+        x = conv(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{_flag(name)}: expected {what}, got {v!r}") from None
+    if x < minimum:
+        raise ConfigError(f"{_flag(name)}: must be at least {minimum}, got {v!r}")
+    return x
+
+
+def _int(o, name, minimum):
+    return _number(o, name, int, minimum, "an integer")
+
+
+def _float(o, name, minimum):
+    return _number(o, name, float, minimum, "a number")
+
+
+def _bool(o, name) -> bool:
+    v = _raw(o, name)
+    if isinstance(v, str):  # values typed into the web UI form
+        return v.lower() in ("1", "true", "yes", "on")
+    return bool(v)
+
+
+def _choice(o, name, choices):
+    v = _raw(o, name)
+    if v not in choices:
+        raise ConfigError(f"{_flag(name)}: expected one of {', '.join(choices)}, got {v!r}")
+    return v
+
+
+def _sampling(o) -> dict:
+    """Sampling fields to send verbatim; only those the user set."""
+    out = {}
+    for name, conv in (("temperature", float), ("top_p", float), ("top_k", int)):
+        if _raw(o, name) not in ("", None):
+            out[name] = _number(o, name, conv, -1e9, "a number")
+    extra = _raw(o, "extra_body")
+    if extra:
+        try:
+            obj = json.loads(extra)
+        except ValueError as e:
+            raise ConfigError(f"--extra-body: not valid JSON ({e})") from None
+        if not isinstance(obj, dict):
+            raise ConfigError("--extra-body: expected a JSON object like '{\"seed\": 1}'")
+        out.update(obj)
+    return out

@@ -1,0 +1,687 @@
+"""Built-in OpenAI-compatible streaming server with known timing and injectable faults.
+
+Run it with `python -m benchmark.simulator --ttft-ms 100 --itl-ms 20` (or `python -m benchmark simulate`).
+It answers like vLLM: a role chunk and the first token at TTFT, one token every ITL after it, a finish
+chunk, a usage chunk when `stream_options.include_usage` asks for one, then `data: [DONE]`.
+
+Timing: every event has an absolute deadline counted from the request's arrival, so errors never add
+up. One shared ticker (a heap of streams keyed by their next deadline, one event-loop timer) writes the
+prepared bytes of every stream that is due straight to its socket; that is several times cheaper than a
+coroutine sleeping and waking per token. Event bytes are cut from per-request templates, not json.dumps.
+
+Tests and the locustfile start it as a child process with `start(...)` (see `SimulatorProcess`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import itertools
+import json
+import math
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+try:  # optional: a faster event loop when installed
+    import uvloop
+except ImportError:  # pragma: no cover - depends on the environment
+    uvloop = None
+
+PROG = "benchmark simulate"
+
+# Filler tokens: the first has no leading space, the rest do, so the text reads "the quick brown ...".
+_WORDS = "the quick brown fox jumps over the lazy dog".split()
+_FIRST_TOKEN = _WORDS[0]
+_TOKENS = [" " + w for w in _WORDS]
+_TOKENS_JSON = [json.dumps(t).encode() for t in _TOKENS]
+_FIRST_TOKEN_JSON = json.dumps(_FIRST_TOKEN).encode()
+
+FEW = 3  # content chunks sent before reset-mid-stream / stall strike
+BATCH_BYTES = 64 * 1024  # most bytes written to one stream per tick (matters at ITL 0)
+HIGH_WATER = 1024 * 1024  # a client this far behind is not written to until it catches up
+EARLY_S = 1e-4  # events due this close count as due now (a uvloop timer can fire a little early)
+
+# Faults. HTTP errors are answered at once, like a server that rejects the request.
+HTTP_ERRORS: dict[str, tuple[int, dict, dict[str, str]]] = {
+    "http-400": (400, {"object": "error", "message": "Injected bad request", "type": "BadRequestError",
+                       "param": None, "code": 400}, {}),
+    "http-401": (401, {"error": "Unauthorized"}, {}),
+    "http-404": (404, {"object": "error", "message": "The model does not exist.", "type": "NotFoundError",
+                       "param": None, "code": 404}, {}),
+    "http-422": (422, {"object": "error", "type": "BadRequestError", "param": None, "code": 422,
+                       "message": "[{'type': 'extra_forbidden', 'loc': ('body', 'ignore_eos'), "
+                                  "'msg': 'Extra inputs are not permitted', 'input': True}] "
+                                  "(extra fields not permitted: ignore_eos)"}, {}),
+    "http-429": (429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error", "code": 429}},
+                 {"Retry-After": "1"}),
+    "http-429-noretry": (429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error",
+                                         "code": 429}}, {}),
+    "http-500": (500, {"error": {"message": "Injected Failure"}}, {}),
+    "http-503": (503, {"error": {"message": "Service Unavailable", "type": "server_error", "code": 503}}, {}),
+}
+# The others change the answer; value = type of the argument after "name:" (None: takes none).
+STREAM_FAULTS: dict[str, type | None] = {
+    "reset-before-headers": None,  # close the socket without answering
+    "reset-mid-stream": None,  # abort the connection after FEW content chunks
+    "no-done": None,  # end the body without data: [DONE]
+    "no-finish": None,  # no chunk carries finish_reason
+    "malformed-json": None,  # the middle content event is cut in half
+    "non-sse": None,  # a plain JSON body although stream was asked
+    "nospace-crlf": None,  # "data:{json}\r\n\r\n" with ": keep-alive" comments between events
+    "empty-completion": None,  # role, finish, usage, [DONE]; no content
+    "usage-on-finish": None,  # usage rides on the finish chunk (llama.cpp style)
+    "no-usage": None,  # never send usage
+    "slow-first-byte": float,  # hold the headers back this many seconds
+    "stall": float,  # after FEW chunks, pause this many seconds
+    "huge": int,  # this many tokens whatever max_tokens says
+}
+FAULT_NAMES = [*HTTP_ERRORS, *STREAM_FAULTS]
+FAULT_USAGE = ", ".join(n + {float: ":SECONDS", int: ":N"}.get(STREAM_FAULTS.get(n), "") for n in FAULT_NAMES)
+
+ABORT = object()  # an event that resets the connection instead of writing
+
+
+def parse_fault(text: str) -> tuple[str, float | int | None]:
+    """'stall:2.5' -> ('stall', 2.5); raises ValueError naming the problem."""
+    name, _, arg = text.strip().partition(":")
+    if name not in FAULT_NAMES:
+        raise ValueError(f"unknown fault {name!r} (choose from {FAULT_USAGE})")
+    kind = STREAM_FAULTS.get(name)
+    if kind is None:
+        if arg:
+            raise ValueError(f"fault {name!r} takes no argument")
+        return name, None
+    try:
+        value = kind(arg)
+        if not 0 <= value < math.inf:
+            raise ValueError(arg)
+    except ValueError:
+        raise ValueError(f"fault {name!r} needs a non-negative {kind.__name__} argument, "
+                         f"as in {name}:{kind(2)}") from None
+    return name, value
+
+
+def split_tokens(text: str) -> list[str]:
+    """Whitespace tokens that keep their leading whitespace, so they join back to exactly `text`."""
+    pieces = re.findall(r"\s*\S+", text)
+    tail = text[sum(map(len, pieces)):]
+    if tail:  # trailing whitespace rides on the last token
+        pieces = pieces[:-1] + [pieces[-1] + tail] if pieces else [tail]
+    return pieces
+
+
+def load_answers(path: str) -> list[tuple[str, list[str], list[bytes]]]:
+    """jsonl {"question", "completion"} -> (question, tokens, JSON-encoded tokens), longest question first."""
+    answers = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                question, completion = str(row["question"]), str(row["completion"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{lineno}: need a JSON object with question and completion ({exc})")
+            tokens = split_tokens(completion)
+            answers.append((question, tokens, [json.dumps(t).encode() for t in tokens]))
+    answers.sort(key=lambda a: -len(a[0]))  # a question that contains another one wins
+    return answers
+
+
+def _text(content) -> str:
+    """Message content as text: a string, or the text parts of a multimodal list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return ""
+
+
+# The clock of every deadline: asyncio's loop.time() is this clock too, uvloop's is whole milliseconds.
+_now = time.monotonic
+
+
+def _delay(when: float) -> float:
+    """Seconds until `when`, rounded up to the event loops' millisecond timer grain so no timer fires early."""
+    return max(0.0, math.ceil((when - _now()) * 1000) / 1000)
+
+
+def _reset(transport) -> None:
+    """Abort with a TCP RST, the way a crashed server or proxy drops a connection."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except (OSError, AttributeError):
+        pass
+    transport.abort()
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    ttft: float = 0.1  # seconds
+    itl: float = 0.02
+    output_len: int = 128
+    model: str = "llm-sim"
+    answers: list | None = None
+    fault: tuple | None = None
+    fault_every: int = 1
+
+
+@dataclass
+class Plan:
+    """What one request will get back."""
+
+    chat: bool
+    stream: bool
+    include_usage: bool
+    n: int  # content tokens
+    finish: str
+    prompt_tokens: int
+    canned: tuple[list[str], list[bytes]] | None
+    fault: str | None
+    arg: float | int | None
+
+    def token(self, i: int) -> str:
+        if self.canned and i < len(self.canned[0]):
+            return self.canned[0][i]
+        return _TOKENS[i % len(_TOKENS)] if i else _FIRST_TOKEN
+
+    def token_json(self, i: int) -> bytes:
+        if self.canned and i < len(self.canned[1]):
+            return self.canned[1][i]
+        return _TOKENS_JSON[i % len(_TOKENS_JSON)] if i else _FIRST_TOKEN_JSON
+
+    def usage(self, n: int) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": n,
+                "total_tokens": self.prompt_tokens + n}
+
+
+class BadRequest(ValueError):
+    pass
+
+
+class _Stream:
+    """One streaming answer: its socket, its arrival time and the iterator of (offset_s, bytes) events."""
+
+    __slots__ = ("transport", "t0", "events", "pending", "chunked", "done")
+
+    def __init__(self, transport, t0: float, events, chunked: bool, done: asyncio.Future):
+        self.transport, self.t0, self.events, self.chunked, self.done = transport, t0, events, chunked, done
+        self.pending = next(events, None)
+
+    def first_deadline(self) -> float | None:
+        if self.pending is None:
+            self.finish()
+            return None
+        return self.t0 + self.pending[0]
+
+    def finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def step(self, limit: float) -> float | None:
+        """Write every event due by `limit` in one send; return the next deadline, None when finished."""
+        transport = self.transport
+        if transport is None or transport.is_closing():  # the client went away
+            self.finish()
+            return None
+        if transport.get_write_buffer_size() > HIGH_WATER:  # slow reader: let it catch up
+            return limit + 0.001
+        parts, size, ev, t0 = [], 0, self.pending, self.t0
+        while ev is not None and t0 + ev[0] <= limit and size < BATCH_BYTES:
+            if ev[1] is ABORT:
+                if parts:
+                    self._write(parts, size)
+                _reset(transport)
+                self.finish()
+                return None
+            parts.append(ev[1])
+            size += len(ev[1])
+            ev = next(self.events, None)
+        self.pending = ev
+        if parts:
+            self._write(parts, size)
+        if ev is None:
+            self.finish()
+            return None
+        return t0 + ev[0]
+
+    def _write(self, parts: list[bytes], size: int) -> None:
+        # Events due together go out as one HTTP chunk in one send (TCP_NODELAY is on in asyncio).
+        body = b"".join(parts)
+        self.transport.write(b"%x\r\n%b\r\n" % (size, body) if self.chunked else body)
+
+
+class _Ticker:
+    """Wakes once per due time and writes to every stream due then (one timer for all streams)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.heap: list[tuple[float, int, _Stream]] = []
+        self.seq = itertools.count()  # tie-breaker so streams are never compared
+        self.timer: asyncio.Handle | None = None
+        self.armed = float("inf")  # when the timer fires (uvloop handles have no .when())
+
+    def add(self, stream: _Stream) -> None:
+        when = stream.first_deadline()
+        if when is None:
+            return
+        heapq.heappush(self.heap, (when, next(self.seq), stream))
+        if when < self.armed:
+            self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer, self.armed = self.loop.call_later(_delay(when), self._tick), when
+
+    def _tick(self) -> None:
+        self.timer, self.armed = None, float("inf")
+        heap = self.heap
+        limit = _now() + EARLY_S  # a timer that fired early finds nothing due and re-arms
+        due = []
+        while heap and heap[0][0] <= limit:
+            due.append(heapq.heappop(heap)[2])
+        for stream in due:
+            try:
+                when = stream.step(limit)
+            except Exception as exc:  # fail this answer, keep the ticker alive for the others
+                if not stream.done.done():
+                    stream.done.set_exception(exc)
+                continue
+            if when is not None:
+                heapq.heappush(heap, (when, next(self.seq), stream))
+        if heap:
+            self._arm(heap[0][0])
+
+
+class Simulator:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.requests = 0
+        self.model_json = json.dumps(cfg.model).encode()
+        self.ticker: _Ticker | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response()
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": self.cfg.model, "object": "model", "created": int(time.time()), "owned_by": "llm-sim",
+             "root": self.cfg.model, "parent": None}]})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self.answer(request, chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self.answer(request, chat=False)
+
+    def pick_fault(self, request: web.Request) -> tuple | None:
+        self.requests += 1
+        header = request.headers.get("X-Sim-Fault")
+        if header is not None:  # the header overrides the command line
+            return None if header.strip().lower() in ("", "none") else parse_fault(header)
+        if self.cfg.fault and self.requests % self.cfg.fault_every == 0:
+            return self.cfg.fault
+        return None
+
+    def plan(self, body, chat: bool, fault: tuple | None) -> Plan:
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        cfg = self.cfg
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise BadRequest("messages: a non-empty list is required")
+            if not all(isinstance(m, dict) for m in messages):
+                raise BadRequest("messages: each message must be an object")
+            prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages)
+            users = [m for m in messages if m.get("role") == "user"]
+            question_text = _text(users[-1].get("content")) if users else ""
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, str):
+                question_text = prompt
+            elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+                question_text = " ".join(prompt)
+            elif isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+                question_text = " ".join(map(str, prompt))  # token ids: one word each
+            else:
+                raise BadRequest("prompt: a string is required")
+            prompt_tokens = len(question_text.split())
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
+            raise BadRequest(f"max_tokens must be at least 1, got {max_tokens!r}")
+        canned = None
+        if cfg.answers and question_text:
+            canned = next(((toks, js) for q, toks, js in cfg.answers if q in question_text), None)
+        natural = len(canned[0]) if canned else cfg.output_len
+        name, arg = fault or (None, None)
+        if name == "huge":
+            n, finish = arg, "length"
+        elif name == "empty-completion":
+            n, finish = 0, "stop"
+        elif body.get("ignore_eos"):
+            n, finish = (max_tokens if max_tokens is not None else cfg.output_len), "length"
+        elif max_tokens is not None and max_tokens < natural:
+            n, finish = max_tokens, "length"
+        else:
+            n, finish = natural, "stop"
+        options = body.get("stream_options")
+        return Plan(chat=chat, stream=bool(body.get("stream")),
+                    include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
+                    n=n, finish=finish, prompt_tokens=prompt_tokens, canned=canned, fault=name, arg=arg)
+
+    async def answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        t0 = _now()  # every deadline of this answer counts from here
+        try:
+            fault = self.pick_fault(request)
+            plan = self.plan(await request.json(), chat, fault)
+        except ValueError as exc:  # BadRequest, a bad X-Sim-Fault, or a body that is not JSON
+            return _error(400, str(exc))
+        name = plan.fault
+        if name in HTTP_ERRORS:
+            status, body, headers = HTTP_ERRORS[name]
+            return web.json_response(body, status=status, headers=headers)
+        if name == "reset-before-headers":
+            _reset(request.transport)
+            return web.Response()  # aiohttp finds the socket closed and drops this quietly
+        if name == "slow-first-byte":  # the server was busy: everything moves back
+            await asyncio.sleep(plan.arg)
+            t0 += plan.arg
+
+        cfg = self.cfg
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        if not plan.stream or name == "non-sse":
+            when = t0 + cfg.ttft + max(plan.n - 1, 0) * cfg.itl
+            while (wait := _delay(when)) > 0:  # again if an event loop's timer woke us early
+                await asyncio.sleep(wait)
+            return web.json_response(self.full_body(plan, rid, created))
+
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        try:
+            writer = await resp.prepare(request)  # headers go out now, before the first token, as in vLLM
+        except ConnectionError:  # the client gave up while we waited
+            return resp
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        if self.ticker is None:
+            self.ticker = _Ticker(loop)
+        self.ticker.add(_Stream(request.transport, t0, self.events(plan, rid, created), writer.chunked, done))
+        await done
+        return resp  # aiohttp ends the chunked body (or notices the reset) after we return
+
+    def full_body(self, plan: Plan, rid: str, created: int) -> dict:
+        text = "".join(plan.token(i) for i in range(plan.n))
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if plan.chat
+                  else {"index": 0, "text": text})
+        choice.update(logprobs=None, finish_reason=plan.finish)
+        body = {"id": rid, "object": "chat.completion" if plan.chat else "text_completion", "created": created,
+                "model": self.cfg.model, "choices": [choice]}
+        if plan.fault != "no-usage":
+            body["usage"] = plan.usage(plan.n)
+        return body
+
+    def events(self, plan: Plan, rid: str, created: int):
+        """Yield (offset from arrival in s, event bytes) in order; faults bend the sequence."""
+        cfg, fault, n = self.cfg, plan.fault, plan.n
+        crlf = fault == "nospace-crlf"
+        sse, end = (b"data:", b"\r\n\r\n") if crlf else (b"data: ", b"\n\n")
+        keepalive = b": keep-alive\r\n\r\n" if crlf else b""
+        obj = b"chat.completion.chunk" if plan.chat else b"text_completion"
+        head = b'%s{"id":"%s","object":"%s","created":%d,"model":%s,' % (
+            sse, rid.encode(), obj, created, self.model_json)
+        open_, close = (b'"choices":[{"index":0,"delta":{"content":', b"}") if plan.chat else (
+            b'"choices":[{"index":0,"text":', b"")
+        pre = head + open_
+        post = close + b',"logprobs":null,"finish_reason":null}]}' + end
+        usage = json.dumps(plan.usage(n), separators=(",", ":")).encode()
+
+        t = cfg.ttft
+        if plan.chat:
+            yield t, (head + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+                      b'"logprobs":null,"finish_reason":null}]}' + end)
+        cut = min(FEW, n) if fault == "reset-mid-stream" else -1
+        bad = n // 2 if fault == "malformed-json" else -1
+        shift = 0.0
+        for i in range(n):
+            if i == cut:
+                yield t, ABORT
+                return
+            if fault == "stall" and i == FEW:
+                shift = plan.arg
+            t = cfg.ttft + i * cfg.itl + shift
+            event = pre + plan.token_json(i) + post
+            if i == bad:
+                event = event[: len(event) // 2] + end
+            yield t, keepalive + event if i or plan.chat else event
+        if cut == n:
+            yield t, ABORT
+            return
+        if fault != "no-finish":
+            usage_here = b',"usage":' + usage if fault == "usage-on-finish" else b""
+            yield t, keepalive + pre + b'""' + close + b',"logprobs":null,"finish_reason":"%s"}]%s}%s' % (
+                plan.finish.encode(), usage_here, end)
+        if plan.include_usage and fault not in ("no-usage", "usage-on-finish"):
+            yield t, keepalive + head + b'"choices":[],"usage":' + usage + b"}" + end
+        if fault != "no-done":
+            yield t, keepalive + sse + b"[DONE]" + end
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"object": "error", "message": message, "type": "BadRequestError",
+                              "param": None, "code": status}, status=status)
+
+
+# ---------------------------------------------------------------- command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _non_negative(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not 0 <= value < math.inf:  # also rejects NaN
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"non-negative {kind.__name__}"
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_positive_int.__name__ = "positive int"
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(text)
+    return value
+
+
+_port.__name__ = "port"
+
+
+def _fault(text: str):
+    try:
+        return parse_fault(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_args(argv: list[str] | None) -> Config:
+    p = _Parser(prog=PROG, description="OpenAI-compatible streaming LLM simulator with known timing.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--ttft-ms", type=_non_negative(float), default=100.0,
+                   help="time to first token, ms (default 100)")
+    p.add_argument("--itl-ms", type=_non_negative(float), default=20.0,
+                   help="gap between tokens, ms (default 20; 0: as fast as possible)")
+    p.add_argument("--output-len", type=_positive_int, default=128,
+                   help="tokens in an answer when the request does not force a length (default 128)")
+    p.add_argument("--model", default="llm-sim", help="model id served (default llm-sim)")
+    p.add_argument("--answers", metavar="FILE",
+                   help='jsonl of {"question", "completion"}: stream the completion of a matching question')
+    p.add_argument("--fault", type=_fault, metavar="NAME[:ARG]", help=f"inject a fault: {FAULT_USAGE}")
+    p.add_argument("--fault-every", type=_positive_int, default=1, metavar="N",
+                   help="apply --fault to every Nth request (default 1: all)")
+    a = p.parse_args(argv)
+    answers = None
+    if a.answers:
+        try:
+            answers = load_answers(a.answers)
+        except (OSError, ValueError) as exc:
+            p.error(f"argument --answers: {exc}")
+    return Config(host=a.host, port=a.port, ttft=a.ttft_ms / 1000, itl=a.itl_ms / 1000,
+                  output_len=a.output_len, model=a.model, answers=answers, fault=a.fault,
+                  fault_every=a.fault_every)
+
+
+async def serve(cfg: Config) -> None:
+    sim = Simulator(cfg)
+    runner = web.AppRunner(sim.app(), access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, cfg.host, cfg.port, backlog=4096)
+        try:
+            await site.start()
+        except OSError as exc:
+            sys.stderr.write(f"{PROG}: error: argument --port: cannot listen on {cfg.host}:{cfg.port}: "
+                             f"{exc.strerror or exc}\n")
+            raise SystemExit(2) from None
+        port = runner.addresses[0][1]
+        host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+        print(f"LLM simulator listening on http://{host}:{port} (model {cfg.model}, "
+              f"TTFT {cfg.ttft * 1000:g} ms, ITL {cfg.itl * 1000:g} ms)", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop if uvloop else None) as runner:
+            runner.run(serve(cfg))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        pass
+    return 0
+
+
+# ---------------------------------------------------------------- child-process helper
+
+
+class SimulatorProcess:
+    """The simulator as a child process on a free loopback port; stop it with .stop() or `with`."""
+
+    def __init__(self, args: tuple[str, ...] | list[str] = (), timeout: float = 10.0):
+        # Import this very package whatever the caller's cwd, yet keep that cwd so relative paths in
+        # args (--answers) still work: PYTHONPATH names our root, PYTHONSAFEPATH keeps cwd off sys.path.
+        root = str(Path(__file__).resolve().parent.parent)  # the folder that holds the benchmark package
+        env = dict(os.environ, PYTHONSAFEPATH="1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self._stderr = tempfile.TemporaryFile()  # a file never fills up and blocks the child, as a pipe can
+        self._stderr_text: str | None = None  # kept when stopped
+        self._proc = subprocess.Popen([sys.executable, "-m", "benchmark.simulator", "--port", "0", *args],
+                                      env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=self._stderr)
+        self.pid = self._proc.pid
+        self.url: str | None = None
+        self.banner: str | None = None  # the startup line
+        self._ready = threading.Event()
+        threading.Thread(target=self._drain, name=f"simulator-{self.pid}-stdout", daemon=True).start()
+        if not self._ready.wait(timeout) or self.url is None:
+            why = "exited" if self._proc.poll() is not None else f"did not start within {timeout:g} s"
+            self.stop()
+            raise RuntimeError(f"LLM simulator {why}: {self.stderr().strip() or '(no stderr)'}")
+
+    def _drain(self) -> None:
+        # Read the startup line, then keep reading so the child never blocks on a full stdout pipe.
+        with self._proc.stdout:
+            for line in self._proc.stdout:
+                if self.url is None:
+                    m = re.search(rb"listening on (http://\S+)", line)
+                    if m:
+                        self.url, self.banner = m.group(1).decode(), line.decode().strip()
+                        self._ready.set()
+        self._ready.set()
+
+    def stderr(self) -> str:
+        """What the child wrote to stderr (so far, or in all once stopped)."""
+        if self._stderr_text is None:
+            self._stderr.seek(0)
+            return self._stderr.read().decode(errors="replace")
+        return self._stderr_text
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM, wait, SIGKILL if it hangs; safe to call twice. Returns the exit code."""
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._stderr_text is None:
+            self._stderr_text = self.stderr()
+            self._stderr.close()
+        return self._proc.returncode
+
+    def __enter__(self) -> SimulatorProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start(*args: str, timeout: float = 10.0) -> SimulatorProcess:
+    """Start the simulator with these extra options on a free port; raise RuntimeError if it fails."""
+    return SimulatorProcess(args, timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

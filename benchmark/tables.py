@@ -1,0 +1,102 @@
+"""Render metrics.Results: console tables (AISBench layout) and the CSV/JSON files AISBench writes.
+
+Value strings follow the profile:
+- `aisbench`: the numbers are already rounded as AISBench rounds them (metrics.py); they are shown the way
+  AISBench shows them, i.e. Python's str() of the float ("734.7 ms", "953.05", "43.555 token/s").
+- `default`: ms with 3 decimals, token/s and req/s with 4, Concurrency rounded to 4, token counts as is.
+Values that cannot be measured (NaN, e.g. TTFT of a non-streaming run) show as "-" (null in JSON).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+from tabulate import tabulate
+
+from .metrics import COUNT_METRICS, MS_METRICS, PERF_COLUMNS, RATE_METRICS, Results
+
+MISSING = "-"
+COMMON_HEADERS = ("Common Metric", "Stage", "Value")
+
+
+def _number(value: float, decimals: int | None) -> str:
+    """str() of the float as AISBench prints it, or fixed decimals."""
+    return str(float(value)) if decimals is None else f"{value:.{decimals}f}"
+
+
+def perf_value(metric: str, value: float, profile: str) -> str:
+    """One statistic of the per-request table as a display string."""
+    if value is None or math.isnan(value):
+        return MISSING
+    aisbench = profile == "aisbench"
+    if metric in MS_METRICS:
+        return _number(value, None if aisbench else 3) + " ms"
+    if metric in RATE_METRICS:
+        return _number(value, None if aisbench else 4) + " token/s"
+    return _number(value, None)  # token counts: shown as is
+
+
+def common_value(metric: str, value: float, unit: str, profile: str):
+    """A common metric as AISBench's JSON holds it: a string with unit, or a bare number."""
+    if value is None or math.isnan(value):
+        return None
+    if metric in COUNT_METRICS:
+        return int(round(value))
+    if profile == "aisbench":
+        text = str(float(value))
+    elif unit == "ms":
+        text = f"{value:.3f}"
+    elif unit:
+        text = f"{value:.4f}"
+    else:
+        return round(float(value), 4)
+    return f"{text} {unit}" if unit else float(value)
+
+
+def perf_rows(results: Results) -> list[list[str]]:
+    """The per-request table as strings (header excluded), row order as in results.perf."""
+    rows = []
+    for rec in results.perf.itertuples(index=False):
+        metric, stage, *values, n = rec
+        rows.append([metric, stage, *(perf_value(metric, v, results.profile) for v in values), str(int(n))])
+    return rows
+
+
+def common_dict(results: Results) -> dict:
+    """{"Benchmark Duration": {"total": "7383.463 ms"}, ...}: the layout of AISBench's JSON."""
+    out: dict = {}
+    for metric, stage, value, unit in results.common.itertuples(index=False):
+        out.setdefault(metric, {})[stage] = common_value(metric, value, unit, results.profile)
+    return out
+
+
+def _display(value) -> str:
+    return MISSING if value is None else str(value)
+
+
+def console(results: Results) -> str:
+    """Both tables in AISBench's console layout (tabulate fancy_grid, N centred)."""
+    perf = tabulate(perf_rows(results), headers=list(PERF_COLUMNS), tablefmt="fancy_grid",
+                    disable_numparse=True, colalign=("left",) * (len(PERF_COLUMNS) - 1) + ("center",))
+    common_rows = [[metric, stage, _display(value)]
+                   for metric, stages in common_dict(results).items() for stage, value in stages.items()]
+    common = tabulate(common_rows, headers=list(COMMON_HEADERS), tablefmt="fancy_grid",
+                      disable_numparse=True, colalign=("left",) * 3)
+    return perf + "\n" + common
+
+
+def write(results: Results, perf_dir: str, dataset: str) -> tuple[str, str]:
+    """Write <perf_dir>/<dataset>.csv and .json as AISBench does; returns (csv_path, json_path)."""
+    os.makedirs(perf_dir, exist_ok=True)
+    csv_path = os.path.join(perf_dir, f"{dataset}.csv")
+    json_path = os.path.join(perf_dir, f"{dataset}.json")
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)  # csv's default \r\n line ends, as AISBench's files have
+        writer.writerow(PERF_COLUMNS)
+        writer.writerows(perf_rows(results))
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(common_dict(results), f, indent=4, ensure_ascii=False)
+    return csv_path, json_path
+
