@@ -12,6 +12,7 @@ import socket
 import sys
 from time import perf_counter
 
+import gevent
 from locust import User, constant, events, task
 from locust.runners import WorkerRunner
 
@@ -68,10 +69,15 @@ def _prepare(environment) -> None:
             model = listed["data"][0]["id"]
         except (KeyError, IndexError, TypeError):
             raise ClientError(f"--model is empty and {cfg.host}/v1/models lists no model; pass --model") from None
-    prompts = datasets.load(cfg.dataset, cfg.dataset_path, cfg.num_prompts, cfg.input_len, cfg.seed)
+    prompts = datasets.load(cfg.dataset, cfg.dataset_path, cfg.num_prompts, seed=cfg.seed,
+                            max_out_len=cfg.max_out_len if cfg.max_out_len_given else None,
+                            tokenizer=cfg.tokenizer, **cfg.dataset_options)
     State.cfg, State.model, State.prompts = cfg, model, prompts
     State.bodies = [build_body(p, cfg, model) for p in prompts]
     State.prepared_for = (environment.host, repr(vars(environment.parsed_options)))
+    # loading a tokenizer blocks for seconds: refresh gevent's cached clock, or Locust's -t timer,
+    # armed right after, would count that time as run time
+    gevent.get_hub().loop.update_now()
 
 
 @events.init.add_listener

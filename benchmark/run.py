@@ -11,10 +11,10 @@ import re
 import sys
 import time
 
-from . import __version__, metrics, tables
+from . import __version__, metrics, tables, tokens
 from .datasets import Prompt
 from .options import RunConfig
-from .records import TOKEN_KINDS, RecordSink, new_record, read_records
+from .records import RecordSink, new_record, read_records
 
 
 class ReportError(Exception):
@@ -59,6 +59,7 @@ class Run:
         self._write_config()
         self.sink = RecordSink(os.path.join(self.dir, "records.jsonl"))
         self.seq = 0
+        self._input_counts: dict[int, int] = {}
 
     def _write_config(self) -> None:
         with open(os.path.join(self.dir, "config.json"), "w") as f:
@@ -67,28 +68,45 @@ class Run:
     def record(self, result: dict, prompt: Prompt, worker: str, user: int) -> dict:
         """Complete one request's fields into a record, write it, and return it."""
         usage = result.pop("usage", None) or {}
-        rec = new_record(id=self.seq, worker=worker, user=user, dataset=self.cfg.dataset,
+        rec = new_record(id=self.seq, worker=worker, user=user, dataset=self.cfg.dataset_abbr,
                          prompt_index=prompt.index, reference=prompt.reference, **result)
         self.seq += 1
         if rec["success"]:
-            count_tokens(rec, usage)
+            self._count_tokens(rec, usage, prompt)
         self.sink.write(rec)
         return rec
+
+    def _count_tokens(self, rec: dict, usage: dict, prompt: Prompt) -> None:
+        """Server usage when it reports > 0, else the tokenizer (after the stream, never inside it)."""
+        out_tokens = usage.get("completion_tokens") or 0
+        in_tokens = usage.get("prompt_tokens") or 0
+        rec["token_source"] = "usage" if out_tokens > 0 else "tokenizer"
+        if not out_tokens:
+            out_tokens = tokens.count_output(self.tokenizer, rec["completion"] + rec["reasoning"])
+        if not in_tokens:
+            if prompt.index not in self._input_counts:
+                self._input_counts[prompt.index] = tokens.count_input(self.tokenizer, prompt.messages)
+            in_tokens = self._input_counts[prompt.index]
+        rec["output_tokens"], rec["input_tokens"] = out_tokens, in_tokens
+
+    @property
+    def tokenizer(self):
+        return tokens.load_tokenizer(self.cfg.tokenizer)  # cached per path
 
     def finish(self, **extra) -> metrics.Results:
         self.sink.close()
         self.config.update(extra, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         self._write_config()
-        return report(self.dir)
-
-
-def count_tokens(rec: dict, usage: dict) -> None:
-    """Server usage when it reports > 0; else the number of token events (one token per chunk)."""
-    n_events = sum(1 for e in rec["events"] if e[1] in TOKEN_KINDS)
-    out_tokens = usage.get("completion_tokens") or 0
-    rec["output_tokens"] = out_tokens if out_tokens > 0 else n_events
-    rec["input_tokens"] = usage.get("prompt_tokens") or 0
-    rec["token_source"] = "usage" if out_tokens > 0 else "events"
+        results = report(self.dir)
+        if self.cfg.mode in ("accuracy", "all"):
+            if self.cfg.mode == "all":
+                print("Note: --mode all: latencies above are for natural-length outputs (no ignore_eos).")
+            from .accuracy import AccuracyError, score_run
+            try:
+                score_run(self.dir)
+            except AccuracyError as e:
+                print(f"error: {e}")
+        return results
 
 
 def report(run_dir: str, profile: str | None = None, echo: bool = True) -> metrics.Results:
@@ -106,7 +124,7 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True) -> metri
     results = metrics.compute(records, profile=profile, max_concurrency=config.get("max_users"),
                               stream=config.get("stream", True))
     perf_dir = os.path.join(run_dir, "performances", config.get("model_abbr", "model"))
-    csv_path, json_path = tables.write(results, perf_dir, config.get("dataset", "dataset"))
+    csv_path, json_path = tables.write(results, perf_dir, config.get("dataset_abbr", "dataset"))
     if echo:
         print(tables.console(results))
         failures = metrics.failure_summary(records)

@@ -36,7 +36,7 @@ def run_point(users: int, seconds: float, ttft_ms: float, itl_ms: float, tokens:
         cmd = ["taskset", "-c", client_core, sys.executable, "-m", "locust", "-f",
                os.path.join(ROOT, "locustfile.py"), "--headless", "--only-summary", "-u", str(users),
                "-r", str(users), "-t", f"{seconds}s", "--host", sim.url, "--max-out-len", str(tokens),
-               "--ignore-eos", "--output-dir", out, "--input-len", "16"]
+               "--ignore-eos", "--output-dir", out, "--input-len", "fixed:16"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         ps = psutil.Process(proc.pid)
         time.sleep(min(5, seconds / 4))  # skip start-up and ramp

@@ -14,7 +14,7 @@ import pytest
 
 from benchmark import datasets
 from benchmark.datasets import DATASETS, DatasetError, Prompt, add_arguments, load, parse_options
-from benchmark.datasets import custom, gsm8k, sharegpt, synthetic
+from benchmark.datasets import gsm8k, synthetic
 from benchmark.tokens import count_input, encode_lens, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

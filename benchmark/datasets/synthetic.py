@@ -22,8 +22,9 @@ tokenizer, which has no template); servers report that total in `usage.prompt_to
 Every prompt differs from the others from its first token on (after the shared prefix, if any): the
 first token (and the second, past the number of first words: about 22 000 for the default
 tokenizer) spells the prompt's index through a seeded permutation of the word table, so a server's
-prefix cache can't fake a fast TTFT. With `prefix_tokens = P`, the first P tokens are the same in every prompt (for prefix-cache tests); P is
-part of the input length, so it must be smaller than the shortest input length.
+prefix cache can't fake a fast TTFT. With `prefix_tokens = P`, the first P tokens are the same in
+every prompt (for prefix-cache tests); P is part of the input length, so it must be smaller than the
+shortest input length.
 The output length becomes the prompt's `max_tokens` (send it with ignore_eos for exact outputs).
 Since every word is one token and words are separated by single spaces, a whitespace word count (the
 built-in simulator's prompt_tokens) equals the token count too.
