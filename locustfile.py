@@ -95,8 +95,8 @@ def _on_init(environment, **_):
         _prepare(environment)
     except (ConfigError, ClientError, datasets.DatasetError) as e:
         _die(str(e))
-    except RuntimeError as e:  # the simulator could not start
-        _die(f"built-in simulator: {e}")
+    except Exception as e:  # noqa: BLE001 - e.g. the simulator could not start: one line, not a traceback
+        _die(f"{type(e).__name__}: {e}")
 
 
 @events.test_start.add_listener

@@ -5,9 +5,11 @@ It answers like vLLM: a role chunk and the first token at TTFT, one token every 
 chunk, a usage chunk when `stream_options.include_usage` asks for one, then `data: [DONE]`.
 
 Timing: every event has an absolute deadline counted from the request's arrival, so errors never add
-up. One shared ticker (a heap of streams keyed by their next deadline, one event-loop timer) writes the
-prepared bytes of every stream that is due straight to its socket; that is several times cheaper than a
-coroutine sleeping and waking per token. Event bytes are cut from per-request templates, not json.dumps.
+up, and no event leaves before its deadline (event-loop timers have a 1 ms grain, so up to ~1 ms after).
+One shared ticker (a heap of streams keyed by their next deadline, one event-loop timer) writes the
+prepared bytes of every stream that is due straight to its socket: at 512 streams x ITL 20 ms that took
+~35% less CPU than a coroutine sleeping per token, and kept lateness far lower. Event bytes are cut from
+per-request templates, not json.dumps. uvloop is used when installed (~25% more events/s at ITL 0).
 
 Tests and the locustfile start it as a child process with `start(...)` (see `SimulatorProcess`).
 """
@@ -612,6 +614,13 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------- child-process helper
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, even by SIGKILL, so no simulator is orphaned."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class SimulatorProcess:
     """The simulator as a child process on a free loopback port; stop it with .stop() or `with`."""
 
@@ -625,7 +634,7 @@ class SimulatorProcess:
         self._stderr_text: str | None = None  # kept when stopped
         self._proc = subprocess.Popen([sys.executable, "-m", "benchmark.simulator", "--port", "0", *args],
                                       env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=self._stderr)
+                                      stderr=self._stderr, preexec_fn=_die_with_parent)
         self.pid = self._proc.pid
         self.url: str | None = None
         self.banner: str | None = None  # the startup line

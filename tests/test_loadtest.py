@@ -115,8 +115,13 @@ def test_sigkill_keeps_every_finished_record(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-        if sim_pid and pid_alive(sim_pid):
+        deadline = time.time() + 5
+        while sim_pid and pid_alive(sim_pid) and time.time() < deadline:
+            time.sleep(0.1)
+        orphaned = sim_pid and pid_alive(sim_pid)
+        if orphaned:
             os.kill(sim_pid, signal.SIGTERM)
+    assert sim_pid and not orphaned  # the simulator child follows its killed parent
     lines = open(path).read().splitlines()
     assert len(lines) >= 50
     for line in lines:  # every line is one whole request

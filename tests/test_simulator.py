@@ -313,7 +313,7 @@ def test_bad_option_in_process(args, option, capsys):
     assert err.count("\n") == 1 and option in err
 
 
-def test_bad_option_cli(tmp_path):
+def test_bad_option_cli():
     out = subprocess.run([sys.executable, "-m", "benchmark.simulator", "--itl-ms", "-5"], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
