@@ -35,7 +35,7 @@ def run_point(users: int, seconds: float, ttft_ms: float, itl_ms: float, tokens:
         os.sched_setaffinity(sim.pid, {int(server_core)})
         cmd = ["taskset", "-c", client_core, sys.executable, "-m", "locust", "-f",
                os.path.join(ROOT, "locustfile.py"), "--headless", "--only-summary", "-u", str(users),
-               "-r", str(users), "-t", f"{seconds}s", "--host", sim.url, "--max-out-len", str(tokens),
+               "-r", str(users), "-t", f"{int(seconds)}s", "--host", sim.url, "--max-out-len", str(tokens),
                "--ignore-eos", "--output-dir", out, "--input-len", "fixed:16"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         ps = psutil.Process(proc.pid)
@@ -46,6 +46,8 @@ def run_point(users: int, seconds: float, ttft_ms: float, itl_ms: float, tokens:
         err = proc.communicate(timeout=120)[1]
     finally:
         sim.stop()
+    if not os.listdir(out):
+        raise SystemExit(f"locust wrote no run folder at {users} users: {err[-800:]}")
     run_dir = os.path.join(out, sorted(os.listdir(out))[0])
     records, _ = read_records(os.path.join(run_dir, "records.jsonl"))
     ok = [r for r in records if r["success"]]
