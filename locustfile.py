@@ -128,8 +128,8 @@ def _on_test_stop(environment, **_):
         log.error("llm-testing: %s", e)
 
 
-@events.quitting.add_listener
-def _on_quitting(environment, **_):
+@events.quit.add_listener  # not `quitting`: that fires before the users stop
+def _on_quit(**_):
     if State.sim:
         State.sim.stop()
         State.sim = None

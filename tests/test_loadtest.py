@@ -156,3 +156,48 @@ def test_report_on_a_folder_without_records_is_one_line(tmp_path):
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert rep.returncode == 2
     assert rep.stderr.count("\n") == 1 and "records.jsonl" in rep.stderr
+
+
+def test_web_ui_start_stop_writes_a_run_folder(tmp_path):
+    """The same locustfile driven from Locust's web UI (its HTTP form endpoints)."""
+    import requests
+    port = free_port()
+    log = open(tmp_path / "locust.log", "w")
+    cmd = [sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "locustfile.py"), "--web-host",
+           "127.0.0.1", "--web-port", str(port), "--output-dir", str(tmp_path / "out"),
+           "--sim-ttft-ms", "10", "--sim-itl-ms", "2", "--max-out-len", "8"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    ui = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                requests.get(ui, timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.time() < deadline and proc.poll() is None, open(tmp_path / "locust.log").read()
+                time.sleep(0.2)
+        r = requests.post(f"{ui}/swarm", data={"user_count": 3, "spawn_rate": 3}, timeout=10)
+        assert r.json()["success"], r.text
+        time.sleep(3)
+        assert requests.get(f"{ui}/stats/requests", timeout=5).json()["total_rps"] >= 0
+        assert requests.post(f"{ui}/stop", timeout=10).json()["success"]
+        deadline = time.time() + 20
+        while not glob_csv(tmp_path / "out") and time.time() < deadline:
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    (run,) = run_dirs(tmp_path / "out")
+    records, _ = read_records(os.path.join(run, "records.jsonl"))
+    assert len(records) >= 10 and all(r["success"] for r in records), {r["error"] for r in records}
+    (csv_path,) = glob_csv(tmp_path / "out")
+    rows = {r[0]: r for r in csv.reader(open(csv_path))}
+    assert int(rows["E2EL"][9]) == len(records)
+    assert json.load(open(os.path.join(run, "config.json")))["max_users"] == 3
+    assert "started the built-in simulator" in open(tmp_path / "locust.log").read()
+
+
+def glob_csv(out_dir):
+    import glob
+    return glob.glob(os.path.join(str(out_dir), "*", "performances", "*", "*.csv"))
