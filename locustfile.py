@@ -14,6 +14,7 @@ from time import perf_counter
 
 import gevent
 from locust import User, constant, events, task
+from locust.exception import StopUser
 from locust.runners import WorkerRunner
 
 from benchmark import datasets, simulator
@@ -36,6 +37,8 @@ class State:
     run: Run | None = None
     active = 0
     peak = 0
+    user_numbers = itertools.count()
+    pass_done = False
 
 
 def _die(msg: str, code: int = 2) -> None:
@@ -111,6 +114,7 @@ def _on_test_start(environment, **_):
         environment.runner.stop()
         return
     State.cursor = itertools.count()
+    State.pass_done = False
     State.peak = State.active
     users = environment.parsed_options.num_users
     State.run = Run(State.cfg, State.model, environment.host, extra={"users": users})
@@ -142,20 +146,27 @@ class LLMUser(User):
     def on_start(self):
         cfg = State.cfg
         self.client = ChatClient(self.environment.host, cfg.api_key, cfg.timeout, cfg.read_timeout)
-        self.number = State.active
+        self.number = next(State.user_numbers)
         State.active += 1
         State.peak = max(State.peak, State.active)
 
     def on_stop(self):
         State.active -= 1
         self.client.close()
+        if State.pass_done and State.active == 0:  # the last answer of a scored pass is in
+            runner = self.environment.runner
+            gevent.spawn(runner.quit if self.environment.parsed_options.headless else runner.stop)
 
     @task
     def chat(self):
         run = State.run
         if run is None:  # options were rejected at test start
             return
-        i = next(State.cursor) % len(State.prompts)
+        i = next(State.cursor)
+        if State.cfg.mode != "perf" and i >= len(State.prompts):
+            State.pass_done = True  # scored runs send each prompt once, as AISBench does
+            raise StopUser()
+        i %= len(State.prompts)
         t0 = perf_counter()
         result = self.client.send(State.bodies[i], stream=State.cfg.stream)
         elapsed_ms = (perf_counter() - t0) * 1000
