@@ -33,7 +33,10 @@ def test_timing_fidelity_against_the_simulator(tmp_path, start_sim):
     gaps = np.concatenate([np.diff(token_times(r)) for r in ok]) * 1000
     assert abs(np.median(ttft) - 100) < 5, np.median(ttft)
     assert abs(np.median(gaps) - 20) < 1, np.median(gaps)
-    assert gaps.min() > 5, gaps.min()  # no block buffering: every token arrives on its own
+    # No block buffering: 1 KiB blocks would merge ~5 of these ~180-byte events each, making most
+    # gaps ~0. A rare ~0 gap remains possible when this 2-core machine descheduled the client or
+    # the simulator and two events landed in one read.
+    assert np.mean(gaps < 5) < 0.01, np.sort(gaps)[:10]
     assert {r["output_tokens"] for r in ok} == {32}
     assert {r["token_source"] for r in ok} == {"usage"}
 
