@@ -413,7 +413,9 @@ def compute(records: list[dict], profile: str = "default", max_concurrency: int 
         ok_sel = np.ones(ok_stage.size, bool) if code is None else ok_stage == code
         gap_sel = None if code is None else gap_stage == code
         perf += _perf_rows(name, _stage_samples(smp, req, ok_sel, gap_sel), profile, stream)
-        common += _common_rows(name, req, sel, smp, ok_sel, profile, stream, max_concurrency)
+        # the configured peak belongs to the whole run; a stage reports its measured peak
+        stage_max = max_concurrency if code is None else None
+        common += _common_rows(name, req, sel, smp, ok_sel, profile, stream, stage_max)
     order = [name for name, _ in stages]
     return Results(profile, _order(perf, PERF_COLUMNS, order), _order(common, COMMON_COLUMNS, order), stream)
 

@@ -1,0 +1,76 @@
+"""Load models (steps, open loop) and Locust's distributed mode, against the simulator."""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+
+import numpy as np
+
+from benchmark import metrics, tables
+from benchmark.arrivals import Arrivals
+from benchmark.records import read_records
+from conftest import run_dirs, run_locust
+
+
+def perf_csv(run):
+    (path,) = glob.glob(os.path.join(run, "performances", "*", "*.csv"))
+    return path
+
+
+def test_gamma_arrivals_have_the_asked_rate_and_burstiness():
+    for burstiness in (0.5, 1.0, 4.0):
+        gaps = Arrivals(20.0, burstiness, seed=1).gaps(20000)
+        assert abs(gaps.mean() - 1 / 20) < 0.002
+        cv = gaps.std() / gaps.mean()  # gamma with shape B: coefficient of variation 1/sqrt(B)
+        assert abs(cv - 1 / np.sqrt(burstiness)) < 0.05, (burstiness, cv)
+    assert np.all(Arrivals(5.0, 0).gaps(10) == 0.2)
+
+
+def test_step_ramp_splits_tables_by_stage(tmp_path, start_sim):
+    sim = start_sim("--ttft-ms", "10", "--itl-ms", "2")
+    res = run_locust(tmp_path, "--host", sim.url, "--steps", "1,3", "--step-time", "2s", "--max-out-len", "8")
+    assert res.returncode == 0, res.stderr[-1500:]
+    (run,) = run_dirs(tmp_path)
+    records, _ = read_records(os.path.join(run, "records.jsonl"))
+    assert {r["stage"] for r in records} == {"step1-1u", "step2-3u"}
+    rows = list(csv.reader(open(perf_csv(run))))
+    assert [r[1] for r in rows if r[0] == "E2EL"] == ["total", "step1-1u", "step2-3u"]
+    n = {r[1]: int(r[9]) for r in rows if r[0] == "E2EL"}
+    assert n["total"] == len(records) == n["step1-1u"] + n["step2-3u"]
+    common = json.load(open(perf_csv(run)[:-4] + ".json"))
+    assert common["Peak In-Flight"]["step1-1u"] == 1 and common["Peak In-Flight"]["step2-3u"] == 3
+    assert common["Max Concurrency"]["total"] == 3
+
+
+def test_open_loop_rate_keeps_scheduled_times(tmp_path, start_sim):
+    sim = start_sim("--ttft-ms", "10", "--itl-ms", "2")
+    res = run_locust(tmp_path, "--host", sim.url, "-u", "8", "-r", "8", "-t", "5s", "--request-rate", "20",
+                     "--max-out-len", "8")
+    assert res.returncode == 0, res.stderr[-1500:]
+    (run,) = run_dirs(tmp_path)
+    records, _ = read_records(os.path.join(run, "records.jsonl"))
+    sched = np.array(sorted(r["t_sched"] for r in records))
+    rate = (len(sched) - 1) / (sched[-1] - sched[0])
+    assert 12 < rate < 30, rate  # Poisson at 20/s over a few seconds
+    lag = np.array([r["t_send"] - r["t_sched"] for r in records])
+    assert lag.min() >= 0 and np.median(lag) < 0.005  # a free user sends at once
+
+
+def test_processes_ship_every_record_to_the_master(tmp_path, start_sim):
+    sim = start_sim("--ttft-ms", "10", "--itl-ms", "2")
+    res = run_locust(tmp_path, "--host", sim.url, "--processes", "2", "-u", "4", "-r", "4", "-t", "4s",
+                     "--max-out-len", "8", "--num-prompts", "5000", timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = run_dirs(tmp_path)
+    records, skipped = read_records(os.path.join(run, "records.jsonl"))
+    assert skipped == 0 and len(records) > 50
+    assert len({r["worker"] for r in records}) == 2
+    # each worker takes its own shard: within a pass no prompt is sent twice
+    indices = [r["prompt_index"] for r in records]
+    assert len(indices) == len(set(indices))
+    # the master's tables are a single computation over all the raw records
+    expected = tables.perf_rows(metrics.compute(records, max_concurrency=4))
+    written = [row for row in csv.reader(open(perf_csv(run)))][1:]
+    assert written == expected
