@@ -13,14 +13,16 @@ import sys
 from time import perf_counter
 
 import gevent
+from gevent import GreenletExit
 from locust import User, constant, events, task
 from locust.exception import StopUser
-from locust.runners import WorkerRunner
+from locust.runners import MasterRunner, WorkerRunner
 
-from benchmark import datasets, simulator
+from benchmark import arrivals, datasets, distributed, load, simulator
 from benchmark.client import ChatClient, ClientError
 from benchmark.options import ConfigError, RunConfig, add_arguments
 from benchmark.run import ReportError, Run, build_body
+from benchmark import webui
 
 log = logging.getLogger("llm-testing")
 
@@ -39,6 +41,13 @@ class State:
     peak = 0
     user_numbers = itertools.count()
     pass_done = False
+    stage = "total"      # the current step of a --steps ramp
+    shard = (0, 1)       # (this worker's index, workers): each takes every n-th prompt
+    order: list = []     # prompt indices of this process's shard
+    arrivals = None      # open loop: scheduled send times (--request-rate)
+    collector = None     # master: receives the workers' records
+    loaded: dict = {}    # prompt configuration -> prompts
+    worker_id = ""       # host:pid of this process (set at test start: --processes forks after import)
 
 
 def _die(msg: str, code: int = 2) -> None:
@@ -52,6 +61,17 @@ def _die(msg: str, code: int = 2) -> None:
 @events.init_command_line_parser.add_listener
 def _add_options(parser, **_):
     add_arguments(parser)
+
+
+def _load_prompts(cfg: RunConfig) -> list:
+    """The dataset's prompts, loaded once per prompt configuration (tokenizing takes seconds)."""
+    key = repr((cfg.prompt_config, cfg.dataset_path, cfg.tokenizer, cfg.seed))
+    if key not in State.loaded:
+        State.loaded = {key: datasets.load(
+            cfg.dataset, cfg.dataset_path, cfg.num_prompts, seed=cfg.seed,
+            max_out_len=cfg.max_out_len if cfg.max_out_len_given else None,
+            tokenizer=cfg.tokenizer, **cfg.dataset_options)}
+    return State.loaded[key]
 
 
 def _prepare(environment) -> None:
@@ -72,21 +92,44 @@ def _prepare(environment) -> None:
             model = listed["data"][0]["id"]
         except (KeyError, IndexError, TypeError):
             raise ClientError(f"--model is empty and {cfg.host}/v1/models lists no model; pass --model") from None
-    prompts = datasets.load(cfg.dataset, cfg.dataset_path, cfg.num_prompts, seed=cfg.seed,
-                            max_out_len=cfg.max_out_len if cfg.max_out_len_given else None,
-                            tokenizer=cfg.tokenizer, **cfg.dataset_options)
-    State.cfg, State.model, State.prompts = cfg, model, prompts
-    State.bodies = [build_body(p, cfg, model) for p in prompts]
+    State.cfg, State.model, State.prompts = cfg, model, _load_prompts(cfg)
+    State.bodies = [build_body(p, cfg, model) for p in State.prompts]
     State.prepared_for = (environment.host, repr(vars(environment.parsed_options)))
     # loading a tokenizer blocks for seconds: refresh gevent's cached clock, or Locust's -t timer,
     # armed right after, would count that time as run time
     gevent.get_hub().loop.update_now()
 
 
+def _set_stage(name: str) -> None:
+    if name != State.stage:
+        State.stage = name
+        if State.collector:
+            State.collector.runner.send_message(distributed.STAGE, name)
+
+
+def _set_shard(index: int, workers: int) -> None:
+    State.shard = (index, max(1, workers))
+
+
+def _end_scored_pass(environment) -> None:
+    runner = environment.runner
+    gevent.spawn(runner.quit if environment.parsed_options.headless else runner.stop)
+
+
 @events.init.add_listener
 def _on_init(environment, **_):
-    if isinstance(environment.runner, WorkerRunner):
-        return  # the master checks the target; workers prepare when the test starts
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        distributed.install_worker(runner, _set_shard, lambda name: setattr(State, "stage", name))
+        try:  # the slow part now, not in test_start where it would stall the worker's heartbeat
+            _load_prompts(RunConfig.from_options(environment.parsed_options))
+        except (ConfigError, datasets.DatasetError) as e:
+            _die(str(e))
+        return  # the master checks the target; workers finish preparing when the test starts
+    if isinstance(runner, MasterRunner):
+        State.collector = distributed.MasterCollector(runner, lambda: State.run,
+                                                      lambda: _end_scored_pass(environment))
+    webui.install(environment, lambda: State.run)  # the live "LLM metrics" tab, when the web UI runs
     try:
         RunConfig.from_options(environment.parsed_options)  # option errors before anything starts
         if not environment.host:
@@ -96,6 +139,9 @@ def _on_init(environment, **_):
             print(f"No --host given: started the built-in simulator at {State.sim.url} "
                   f"(pid {State.sim.pid}, TTFT {o.sim_ttft_ms} ms, ITL {o.sim_itl_ms} ms)", flush=True)
         _prepare(environment)
+        if State.cfg.steps:
+            environment.shape_class = load.StepShape(State.cfg.steps, State.cfg.step_time, _set_stage)
+            environment.shape_class.runner = runner
     except (ConfigError, ClientError, datasets.DatasetError) as e:
         _die(str(e))
     except Exception as e:  # noqa: BLE001 - e.g. the simulator could not start: one line, not a traceback
@@ -113,21 +159,47 @@ def _on_test_start(environment, **_):
         log.error("llm-testing: %s", e)
         environment.runner.stop()
         return
+    cfg = State.cfg
+    State.worker_id = f"{socket.gethostname()}:{os.getpid()}"
     State.cursor = itertools.count()
     State.pass_done = False
     State.peak = State.active
+    if not cfg.steps:  # with steps, the shape's first tick (before this event) named the stage
+        State.stage = "total"
+    index, workers = State.shard
+    State.order = list(range(index, len(State.prompts), workers)) or [0]
+    if State.arrivals:
+        State.arrivals.stop()
+    State.arrivals = None
+    if cfg.request_rate and not State.collector:  # workers share the rate
+        State.arrivals = arrivals.Arrivals(cfg.request_rate / workers, cfg.burstiness, cfg.seed + index)
+        State.arrivals.start()
     users = environment.parsed_options.num_users
-    State.run = Run(State.cfg, State.model, environment.host, extra={"users": users})
+    extra = {"users": users, "steps": cfg.steps, "request_rate": cfg.request_rate}
+    if isinstance(environment.runner, WorkerRunner):
+        State.run = Run(cfg, State.model, environment.host, extra,
+                        sink=distributed.ShippingSink(environment.runner))
+        return
+    State.run = Run(cfg, State.model, environment.host, extra)
+    if State.collector:
+        State.collector.start()
     print(f"Writing records to {State.run.dir}/records.jsonl", flush=True)
 
 
 @events.test_stop.add_listener
 def _on_test_stop(environment, **_):
+    if State.arrivals:
+        State.arrivals.stop()
+    if State.collector and State.run:
+        if not State.collector.wait_for_workers(environment.runner.worker_count):
+            log.error("llm-testing: some workers sent no final records within 30 s; tables may miss them")
     run, State.run = State.run, None
     if run is None:
         return
+    o = environment.parsed_options
+    peak = max(State.cfg.steps) if State.cfg.steps else State.peak if not State.collector else o.num_users
     try:
-        run.finish(max_users=State.peak)
+        run.finish(max_users=peak)
     except ReportError as e:
         log.error("llm-testing: %s", e)
 
@@ -145,7 +217,9 @@ class LLMUser(User):
 
     def on_start(self):
         cfg = State.cfg
-        self.client = ChatClient(self.environment.host, cfg.api_key, cfg.timeout, cfg.read_timeout)
+        self.client = ChatClient(self.environment.host, cfg.api_key, cfg.timeout, cfg.read_timeout,
+                                 retry=cfg.retry, retry_on_overload=cfg.retry_on_overload,
+                                 retry_max_wait=cfg.retry_max_wait)
         self.number = next(State.user_numbers)
         State.active += 1
         State.peak = max(State.peak, State.active)
@@ -154,23 +228,32 @@ class LLMUser(User):
         State.active -= 1
         self.client.close()
         if State.pass_done and State.active == 0:  # the last answer of a scored pass is in
-            runner = self.environment.runner
-            gevent.spawn(runner.quit if self.environment.parsed_options.headless else runner.stop)
+            if isinstance(self.environment.runner, WorkerRunner):
+                self.environment.runner.send_message(distributed.PASS_DONE)
+            else:
+                _end_scored_pass(self.environment)
 
     @task
     def chat(self):
         run = State.run
         if run is None:  # options were rejected at test start
             return
-        i = next(State.cursor)
-        if State.cfg.mode != "perf" and i >= len(State.prompts):
+        n = next(State.cursor)
+        if State.cfg.mode != "perf" and n >= len(State.order):
             State.pass_done = True  # scored runs send each prompt once, as AISBench does
             raise StopUser()
-        i %= len(State.prompts)
+        i = State.order[n % len(State.order)]
+        t_sched = State.arrivals.next() if State.arrivals else None  # open loop: wait for an arrival
+        stage = State.stage
         t0 = perf_counter()
-        result = self.client.send(State.bodies[i], stream=State.cfg.stream)
+        try:
+            result = self.client.send(State.bodies[i], stream=State.cfg.stream)
+        except GreenletExit:  # the test stopped (Ctrl-C, SIGTERM, UI stop, -t): not a server failure
+            run.cancelled(self.client.cancelled(), State.prompts[i], worker=State.worker_id, user=self.number, stage=stage)
+            raise
         elapsed_ms = (perf_counter() - t0) * 1000
-        rec = run.record(result, State.prompts[i], worker=WORKER, user=self.number)
+        result["t_sched"] = t_sched
+        rec = run.record(result, State.prompts[i], worker=State.worker_id, user=self.number, stage=stage)
         # Locust's own stats count the request (E2EL as its response time); our tables use records.
         e2el_ms = rec["events"][-1][0] * 1000 if rec["success"] else elapsed_ms
         self.environment.events.request.fire(
@@ -178,5 +261,3 @@ class LLMUser(User):
             response_length=len(rec["completion"]), context={},
             exception=None if rec["success"] else RuntimeError(rec["error"]))
 
-
-WORKER = f"{socket.gethostname()}:{os.getpid()}"

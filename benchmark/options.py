@@ -42,9 +42,16 @@ class RunConfig:
     output_dir: str = "reports"
     timeout: float = 60.0
     read_timeout: float = 300.0
+    retry: int = 1
+    retry_on_overload: bool = False
+    retry_max_wait: float = 30.0
     seed: int = 0
     sim_ttft_ms: float = 100.0
     sim_itl_ms: float = 20.0
+    steps: list = field(default_factory=list)
+    step_time: float = 60.0
+    request_rate: float = 0.0  # 0: closed loop
+    burstiness: float = 1.0
 
     @property
     def dataset_abbr(self) -> str:
@@ -93,10 +100,20 @@ class RunConfig:
             output_dir=o.output_dir or "reports",
             timeout=_float(o, "timeout", 0.001),
             read_timeout=_float(o, "read_timeout", 0.001),
+            retry=_int(o, "retry", 1) if _raw(o, "retry") not in ("", None) else 1,
+            retry_on_overload=_bool(o, "retry_on_overload"),
+            retry_max_wait=(_float(o, "retry_max_wait", 0.0)
+                            if _raw(o, "retry_max_wait") not in ("", None) else 30.0),
             seed=_int(o, "seed", 0),
             sim_ttft_ms=_float(o, "sim_ttft_ms", 0.0),
             sim_itl_ms=_float(o, "sim_itl_ms", 0.0),
+            request_rate=_float(o, "request_rate", 0.0) if _raw(o, "request_rate") else 0.0,
+            burstiness=_float(o, "burstiness", 0.0),
         )
+        if _raw(o, "steps"):
+            from .load import parse_step_time, parse_steps
+            cfg.steps = parse_steps(_raw(o, "steps"))
+            cfg.step_time = parse_step_time(_raw(o, "step_time") or "60s")
         if cfg.mode in ("accuracy", "all") and cfg.ignore_eos:
             raise ConfigError(f"--ignore-eos can't be used with --mode {cfg.mode}: "
                               "scored answers must end naturally")
@@ -142,9 +159,21 @@ def add_arguments(parser) -> None:
     add("--output-dir", default="reports", help="root folder of run folders")
     add("--timeout", default="60", help="seconds to connect and get the response headers")
     add("--read-timeout", default="300", help="seconds allowed between two bytes of a response")
+    add("--retry", default="1", help="attempts per request (total, as AISBench): connection errors before "
+        "any response (refused, reset) are retried; HTTP errors and started streams never are")
+    add("--retry-on-overload", action="store_true", default=False,
+        help="also retry HTTP 429/503, after Retry-After (at most --retry-max-wait)")
+    add("--retry-max-wait", default="30", help="longest wait in seconds before a retry (default 30)")
     add("--seed", default="0", help="random seed of synthetic prompts")
     add("--sim-ttft-ms", default="100", help="built-in simulator TTFT (used when no --host)")
     add("--sim-itl-ms", default="20", help="built-in simulator ITL (used when no --host)")
+    add("--steps", default="", help="step ramp: user counts held --step-time each, e.g. 8,16,32; "
+        "tables get one row set per step")
+    add("--step-time", default="60s", help="how long each --steps step lasts (e.g. 30s, 2m)")
+    add("--request-rate", default="", help="open loop: requests/s (gamma arrivals); -u is then "
+        "the in-flight cap")
+    add("--burstiness", default="1", help="open loop arrival shape: 1 Poisson, <1 burstier, "
+        ">1 smoother, 0 constant")
 
 
 def _flag(name: str) -> str:

@@ -11,7 +11,7 @@ import os
 FIELDS = (
     "id", "worker", "user", "stage", "dataset", "prompt_index", "t_sched", "t_send", "events",
     "input_tokens", "output_tokens", "token_source", "completion", "reasoning", "finish_reason",
-    "reference", "success", "error", "http_status",
+    "reference", "success", "error", "http_status", "attempts",
 )
 
 # event kinds, as DESIGN.md names them
@@ -57,13 +57,13 @@ def read_records(path: str) -> tuple[list[dict], int]:
     """Every complete record in `path`, and the number of lines skipped as unreadable
     (e.g. a line cut short by a crash). Missing fields are filled with their defaults."""
     records, skipped = [], 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:  # bytes: a line of broken UTF-8 is skipped like any unreadable line
         for line in f:
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 skipped += 1
                 continue
             if not isinstance(obj, dict):

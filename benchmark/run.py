@@ -48,27 +48,34 @@ def _new_run_dir(root: str) -> str:
 
 
 class Run:
-    def __init__(self, cfg: RunConfig, model: str, host: str, extra: dict | None = None):
+    """One test, start to stop. A distributed worker passes its shipping `sink` and has no folder."""
+
+    def __init__(self, cfg: RunConfig, model: str, host: str, extra: dict | None = None, sink=None):
         self.cfg = cfg
-        self.dir = _new_run_dir(cfg.output_dir)
+        self.dir = None
         self.config = {
             **cfg.public(), "host": host, "model": model, "model_abbr": model_abbr(cfg, model),
-            "tool": f"llm-testing {__version__}", "command": " ".join(sys.argv),
+            "tool": f"llm-testing {__version__}", "command": redact_command(sys.argv, cfg.api_key),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {}),
         }
-        self._write_config()
-        self.sink = RecordSink(os.path.join(self.dir, "records.jsonl"))
+        if sink is None:
+            self.dir = _new_run_dir(cfg.output_dir)
+            self._write_config()
+            sink = RecordSink(os.path.join(self.dir, "records.jsonl"))
+        self.sink = sink
         self.seq = 0
         self._input_counts: dict[int, int] = {}
+        self._cancel_sink = None  # cancelled.jsonl, opened at the first cancelled request
+        self.cancelled_count = 0
 
     def _write_config(self) -> None:
         with open(os.path.join(self.dir, "config.json"), "w") as f:
             json.dump(self.config, f, indent=2)
 
-    def record(self, result: dict, prompt: Prompt, worker: str, user: int) -> dict:
+    def record(self, result: dict, prompt: Prompt, worker: str, user: int, stage: str = "total") -> dict:
         """Complete one request's fields into a record, write it, and return it."""
         usage = result.pop("usage", None) or {}
-        rec = new_record(id=self.seq, worker=worker, user=user, dataset=self.cfg.dataset_abbr,
+        rec = new_record(id=self.seq, worker=worker, user=user, stage=stage, dataset=self.cfg.dataset_abbr,
                          prompt_index=prompt.index, reference=prompt.reference, **result)
         self.seq += 1
         if rec["success"]:
@@ -76,13 +83,35 @@ class Run:
         self.sink.write(rec)
         return rec
 
+    def cancelled(self, result: dict, prompt: Prompt, worker: str, user: int, stage: str = "total") -> dict:
+        """A request cut short by the test stopping: kept in cancelled.jsonl, never counted as a failure.
+
+        (A distributed worker ships it with its records; `report` sets such records apart as well.)"""
+        result.pop("usage", None)
+        rec = new_record(id=self.seq, worker=worker, user=user, stage=stage, dataset=self.cfg.dataset_abbr,
+                         prompt_index=prompt.index, reference=prompt.reference, **result)
+        self.seq += 1
+        self.cancelled_count += 1
+        try:
+            if self.dir is None:
+                self.sink.write(rec)
+            else:
+                if self._cancel_sink is None:
+                    self._cancel_sink = RecordSink(os.path.join(self.dir, CANCELLED_FILE))
+                self._cancel_sink.write(rec)
+        except (OSError, TypeError, ValueError):  # the run was already finished: nothing to keep it in
+            pass
+        return rec
+
     def _count_tokens(self, rec: dict, usage: dict, prompt: Prompt) -> None:
         """Server usage when it reports > 0, else the tokenizer (after the stream, never inside it)."""
-        out_tokens = usage.get("completion_tokens") or 0
-        in_tokens = usage.get("prompt_tokens") or 0
+        out_tokens = _count(usage.get("completion_tokens"))
+        in_tokens = _count(usage.get("prompt_tokens"))
         rec["token_source"] = "usage" if out_tokens > 0 else "tokenizer"
         if not out_tokens:
-            out_tokens = tokens.count_output(self.tokenizer, rec["completion"] + rec["reasoning"])
+            text = rec["completion"] + rec["reasoning"]
+            # an empty answer is 0 tokens: no need to load a tokenizer to say so
+            out_tokens = tokens.count_output(self.tokenizer, text) if text else 0
         if not in_tokens:
             if prompt.index not in self._input_counts:
                 self._input_counts[prompt.index] = tokens.count_input(self.tokenizer, prompt.messages)
@@ -93,12 +122,19 @@ class Run:
     def tokenizer(self):
         return tokens.load_tokenizer(self.cfg.tokenizer)  # cached per path
 
-    def finish(self, **extra) -> metrics.Results:
+    def finish(self, **extra) -> metrics.Results | None:
         self.sink.close()
+        if self._cancel_sink is not None:
+            self._cancel_sink.close()
+        if self.cancelled_count:
+            extra["cancelled_requests"] = self.cancelled_count
+        if self.dir is None:
+            return None  # a worker: the master makes the tables
         self.config.update(extra, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         self._write_config()
-        results = report(self.dir)
-        if self.cfg.mode in ("accuracy", "all"):
+        scored = self.cfg.mode in ("accuracy", "all")
+        results = report(self.dir, html=not scored)  # a scored run's report waits for its accuracy
+        if scored:
             if self.cfg.mode == "all":
                 print("Note: --mode all: latencies above are for natural-length outputs (no ignore_eos).")
             from .accuracy import AccuracyError, score_run
@@ -106,11 +142,15 @@ class Run:
                 score_run(self.dir)
             except AccuracyError as e:
                 print(f"error: {e}")
+            from .report import render
+            print(f"Report written to {render(self.dir)}")
         return results
 
 
-def report(run_dir: str, profile: str | None = None, echo: bool = True) -> metrics.Results:
-    """Tables from records.jsonl (+ config.json): printed and written under performances/."""
+def report(run_dir: str, profile: str | None = None, echo: bool = True,
+           html: str | bool = True) -> metrics.Results:
+    """Tables from records.jsonl (+ config.json): printed and written under performances/.
+    html: True writes run_dir/report.html, a path writes it there, False skips it."""
     records_path = os.path.join(run_dir, "records.jsonl")
     if not os.path.isfile(records_path):
         raise ReportError(f"{run_dir}: no records.jsonl here; pass a run folder like reports/20260101_120000")
@@ -120,6 +160,10 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True) -> metri
         with open(config_path) as f:
             config = json.load(f)
     records, skipped = read_records(records_path)
+    records, cancelled = split_cancelled(records)
+    cancelled_path = os.path.join(run_dir, CANCELLED_FILE)
+    if os.path.isfile(cancelled_path):
+        cancelled += read_records(cancelled_path)[0]
     profile = profile or config.get("metric_profile", "default")
     results = metrics.compute(records, profile=profile, max_concurrency=config.get("max_users"),
                               stream=config.get("stream", True))
@@ -127,11 +171,88 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True) -> metri
     csv_path, json_path = tables.write(results, perf_dir, config.get("dataset_abbr", "dataset"))
     if echo:
         print(tables.console(results))
-        failures = metrics.failure_summary(records)
-        if len(failures):
-            print("Failures by reason:")
-            print(failures.to_string(index=False))
+        failures = failure_text(records)
+        if failures:
+            print(failures)
+        if cancelled:
+            print(f"Cancelled: {len(cancelled)} request(s) in flight when the test stopped "
+                  f"(in {CANCELLED_FILE}; not counted as failures)")
+        verdict = outcome_line(records, cancelled)
+        if verdict:
+            print(verdict)
         if skipped:
             print(f"note: {skipped} unreadable line(s) in records.jsonl skipped (cut short by a crash?)")
         print(f"Results written to {csv_path} and {json_path}")
+    if html:
+        from .report import render
+        path = render(run_dir, html if isinstance(html, str) else None, records=records, results=results,
+                      config=config, skipped=skipped)
+        if echo:
+            print(f"Report written to {path}")
     return results
+
+
+CANCELLED_FILE = "cancelled.jsonl"
+CANCELLED = "cancelled"  # the error prefix of a request cut short by the test stopping
+
+
+def split_cancelled(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(finished records, cancelled ones): a cancelled request is not a failure of the server."""
+    kept, cancelled = [], []
+    for r in records:
+        error = r.get("error")
+        (cancelled if isinstance(error, str) and error.startswith(CANCELLED) else kept).append(r)
+    return kept, cancelled
+
+
+def failure_text(records: list[dict]) -> str:
+    """Failures grouped by reason, most frequent first: count, reason, and the first example when it
+    says more than the reason. Empty when nothing failed."""
+    failures = metrics.failure_summary(records)
+    if not len(failures):
+        return ""
+    failed = int(failures["count"].sum())
+    lines = [f"Failures by reason ({failed} of {len(records)} requests):"]
+    width = len(str(int(failures["count"].max())))
+    for reason, count, example in failures.itertuples(index=False):
+        lines.append(f"  {int(count):>{width}} x {reason}")
+        example = re.sub(r" \(HTTP \d+\)$", "", example) if example.startswith("HTTP ") else example
+        if example != reason:
+            lines.append(f"  {'':>{width}}   first: {example[:300]}")
+    return "\n".join(lines)
+
+
+def outcome_line(records: list[dict], cancelled: list[dict]) -> str:
+    """One line when no request succeeded, saying why; empty otherwise."""
+    if any(r.get("success") for r in records):
+        return ""
+    if not records:
+        if cancelled:
+            return (f"No request finished: all {len(cancelled)} were still in flight when the test stopped "
+                    "(run longer, or lower --max-out-len)")
+        return "No request was sent: the test stopped before any user sent one"
+    top = metrics.failure_summary(records).iloc[0]
+    return (f"All {len(records)} requests failed: most common reason ({int(top['count'])} of them): "
+            f"{top['first_example'][:300]}")
+
+
+def _count(value) -> int:
+    """A token count from a server's usage block: a non-negative int, anything else is 0."""
+    return value if type(value) is int and value > 0 else 0
+
+
+def redact_command(argv: list[str], secret: str | None) -> str:
+    """The command line as run, without the API key (`--api-key KEY`, `--api-key=KEY`, or the key itself)."""
+    out, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+        elif arg == "--api-key":
+            out.append(arg)
+            hide_next = True
+        elif arg.startswith("--api-key="):
+            out.append("--api-key=***")
+        else:
+            out.append(arg.replace(secret, "***") if secret else arg)
+    return " ".join(out)
