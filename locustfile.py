@@ -18,7 +18,7 @@ from locust import User, constant, events, task
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
-from benchmark import arrivals, datasets, distributed, load, simulator
+from benchmark import arrivals, datasets, distributed, health, load, simulator
 from benchmark.client import ChatClient, ClientError
 from benchmark.options import ConfigError, RunConfig, add_arguments
 from benchmark.run import ReportError, Run, build_body
@@ -47,6 +47,7 @@ class State:
     arrivals = None      # open loop: scheduled send times (--request-rate)
     collector = None     # master: receives the workers' records
     loaded: dict = {}    # prompt configuration -> prompts
+    health = None        # this process's client-health monitor
     worker_id = ""       # host:pid of this process (set at test start: --processes forks after import)
 
 
@@ -176,6 +177,9 @@ def _on_test_start(environment, **_):
         State.arrivals.start()
     users = environment.parsed_options.num_users
     extra = {"users": users, "steps": cfg.steps, "request_rate": cfg.request_rate}
+    if not State.collector:  # the processes that send requests watch their own health
+        State.health = health.HealthMonitor()
+        State.health.start()
     if isinstance(environment.runner, WorkerRunner):
         State.run = Run(cfg, State.model, environment.host, extra,
                         sink=distributed.ShippingSink(environment.runner))
@@ -196,10 +200,16 @@ def _on_test_stop(environment, **_):
     run, State.run = State.run, None
     if run is None:
         return
+    own_health = State.health.stop() if State.health else {}
+    if isinstance(environment.runner, WorkerRunner):
+        run.sink.close(own_health)  # ships the last batch and this worker's health
+        run.finish()
+        return
+    client_health = State.collector.health if State.collector else {"local": own_health}
     o = environment.parsed_options
     peak = max(State.cfg.steps) if State.cfg.steps else State.peak if not State.collector else o.num_users
     try:
-        run.finish(max_users=peak)
+        run.finish(max_users=peak, client_health=client_health)
     except ReportError as e:
         log.error("llm-testing: %s", e)
 

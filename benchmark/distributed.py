@@ -10,7 +10,7 @@ from __future__ import annotations
 import gevent
 
 RECORDS = "llm_records"  # worker -> master: a batch of records
-DONE = "llm_done"        # worker -> master: last batch sent (data: records sent in all)
+DONE = "llm_done"        # worker -> master: last batch sent (data: records sent, client health)
 FLUSH = "llm_flush"      # master -> workers: stop your users and send what you have
 SHARD = "llm_shard"      # master -> workers: how many workers share the prompts
 PASS_DONE = "llm_pass_done"  # worker -> master: this worker's share of a scored pass is answered
@@ -45,12 +45,12 @@ class ShippingSink:
             gevent.sleep(seconds)
             self.flush()
 
-    def close(self) -> None:
+    def close(self, health: dict | None = None) -> None:
         if self._flusher is not None:
             self._flusher.kill(block=False)
             self._flusher = None
             self.flush()
-            self.runner.send_message(DONE, self.count)
+            self.runner.send_message(DONE, {"records": self.count, "health": health or {}})
 
 
 class MasterCollector:
@@ -60,6 +60,7 @@ class MasterCollector:
         self.runner = runner
         self.get_run = get_run
         self.done: set[str] = set()
+        self.health: dict[str, dict] = {}  # worker -> its client health
         self.passes_done: set[str] = set()
         self.received = 0
         runner.register_message(RECORDS, self._on_records)
@@ -70,6 +71,7 @@ class MasterCollector:
     def start(self) -> None:
         """At test start: reset, and tell the workers how many share the prompts."""
         self.done.clear()
+        self.health.clear()
         self.passes_done.clear()
         self.received = 0
         self.runner.send_message(SHARD, {"workers": self.runner.worker_count})
@@ -84,6 +86,8 @@ class MasterCollector:
 
     def _on_done(self, environment, msg, **_):
         self.done.add(msg.node_id)
+        if msg.data.get("health"):
+            self.health[f"worker {self.runner.get_worker_index(msg.node_id)}"] = msg.data["health"]
 
     def _on_pass_done(self, environment, msg, **_):
         self.passes_done.add(msg.node_id)

@@ -11,7 +11,7 @@ import re
 import sys
 import time
 
-from . import __version__, metrics, tables, tokens
+from . import __version__, health, metrics, tables, tokens
 from .datasets import Prompt
 from .options import RunConfig
 from .records import RecordSink, new_record, read_records
@@ -147,6 +147,18 @@ class Run:
         return results
 
 
+def health_line(config: dict, records: list[dict]) -> str:
+    """Whether the client itself was the bottleneck (CPU, event-loop lag, open-loop send lag)."""
+    processes = config.get("client_health") or {}
+    if not processes:
+        return "Client health: not measured (run made before the test stopped cleanly)"
+    client_bound, line = health.verdict(processes)
+    lag = health.sched_lag_ms(records)
+    if lag:
+        line += f"; open-loop send lag p50 {lag['sched_lag_p50_ms']:.1f} ms, p99 {lag['sched_lag_p99_ms']:.1f} ms"
+    return line
+
+
 def report(run_dir: str, profile: str | None = None, echo: bool = True,
            html: str | bool = True) -> metrics.Results:
     """Tables from records.jsonl (+ config.json): printed and written under performances/.
@@ -180,6 +192,7 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
         verdict = outcome_line(records, cancelled)
         if verdict:
             print(verdict)
+        print(health_line(config, records))
         if skipped:
             print(f"note: {skipped} unreadable line(s) in records.jsonl skipped (cut short by a crash?)")
         print(f"Results written to {csv_path} and {json_path}")
