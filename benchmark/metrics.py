@@ -317,7 +317,7 @@ def _peak_in_flight(starts: np.ndarray, ends: np.ndarray) -> int:
 
 
 def _common_rows(stage: str, req: _Requests, sel: np.ndarray, smp: _Samples, ok_sel: np.ndarray,
-                 profile: str, stream: bool, max_concurrency: int | None) -> list[list]:
+                 profile: str, stream: bool, max_concurrency: int | None, slo: dict | None) -> list[list]:
     total = int(sel.sum())
     ok_idx = np.flatnonzero(sel & req.success)
     success = ok_idx.size
@@ -360,7 +360,25 @@ def _common_rows(stage: str, req: _Requests, sel: np.ndarray, smp: _Samples, ok_
         elif profile == "aisbench" and name not in COUNT_METRICS and not np.isnan(value):
             value = round(value, 4)
         rows.append([name, stage, value, unit])
+    if slo:
+        good = _meets_slo(slo, {"ttft": ttft, "tpot": smp.tpot[ok_sel], "e2el": e2el})
+        rows += [["SLO Attainment", stage, 100.0 * good.sum() / total if total else 0.0, "%"],
+                 ["Goodput", stage, per_d(float(good.sum())), "req/s"],
+                 ["Good Output Token Throughput", stage, per_d(float(req.output_tokens[ok_idx][good].sum())),
+                  "token/s"]]
     return rows
+
+
+SLO_METRICS = ("ttft", "tpot", "e2el")
+
+
+def _meets_slo(slo: dict, values: dict) -> np.ndarray:
+    """Successful requests meeting every limit in `slo` ({"ttft": seconds, ...}); an unmeasured
+    value (NaN, e.g. TTFT of a non-streaming request) does not meet it."""
+    good = np.ones(len(values["e2el"]), bool)
+    for name, limit in slo.items():
+        good &= np.nan_to_num(values[name], nan=np.inf) <= limit
+    return good
 
 
 def _stage_samples(smp: _Samples, req: _Requests, ok_sel: np.ndarray, gap_sel) -> dict:
@@ -387,11 +405,13 @@ def _stage_samples(smp: _Samples, req: _Requests, ok_sel: np.ndarray, gap_sel) -
 
 
 def compute(records: list[dict], profile: str = "default", max_concurrency: int | None = None,
-            stream: bool | None = None) -> Results:
+            stream: bool | None = None, slo: dict | None = None) -> Results:
     """Metric tables for `records` (see module doc for the profiles).
 
     stream=None detects it: a run where no successful request has more than one event is non-streaming,
-    and gives no TTFT/TPOT/ITL/Prefill values (N=0)."""
+    and gives no TTFT/TPOT/ITL/Prefill values (N=0).
+    slo: {"ttft"|"tpot"|"e2el": limit in seconds}: adds SLO Attainment (% of all requests), Goodput
+    (req/s meeting every limit) and Good Output Token Throughput rows (vLLM's goodput)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown metric profile {profile!r}; expected one of {PROFILES}")
     req, events = _requests(records)
@@ -415,7 +435,7 @@ def compute(records: list[dict], profile: str = "default", max_concurrency: int 
         perf += _perf_rows(name, _stage_samples(smp, req, ok_sel, gap_sel), profile, stream)
         # the configured peak belongs to the whole run; a stage reports its measured peak
         stage_max = max_concurrency if code is None else None
-        common += _common_rows(name, req, sel, smp, ok_sel, profile, stream, stage_max)
+        common += _common_rows(name, req, sel, smp, ok_sel, profile, stream, stage_max, slo)
     order = [name for name, _ in stages]
     return Results(profile, _order(perf, PERF_COLUMNS, order), _order(common, COMMON_COLUMNS, order), stream)
 

@@ -51,6 +51,7 @@ class RunConfig:
     steps: list = field(default_factory=list)
     step_time: float = 60.0
     request_rate: float = 0.0  # 0: closed loop
+    slo: dict = field(default_factory=dict)  # {"ttft"|"tpot"|"e2el": seconds}
     burstiness: float = 1.0
 
     @property
@@ -109,6 +110,7 @@ class RunConfig:
             sim_itl_ms=_float(o, "sim_itl_ms", 0.0),
             request_rate=_float(o, "request_rate", 0.0) if _raw(o, "request_rate") else 0.0,
             burstiness=_float(o, "burstiness", 0.0),
+            slo=_slo(_raw(o, "slo") or ""),
         )
         if _raw(o, "steps"):
             from .load import parse_step_time, parse_steps
@@ -172,6 +174,8 @@ def add_arguments(parser) -> None:
     add("--step-time", default="60s", help="how long each --steps step lasts (e.g. 30s, 2m)")
     add("--request-rate", default="", help="open loop: requests/s (gamma arrivals); -u is then "
         "the in-flight cap")
+    add("--slo", default="", help="service-level objectives for goodput, e.g. ttft=500ms,tpot=50ms "
+        "(ttft, tpot, e2el; units ms or s)")
     add("--burstiness", default="1", help="open loop arrival shape: 1 Poisson, <1 burstier, "
         ">1 smoother, 0 constant")
 
@@ -233,4 +237,21 @@ def _sampling(o) -> dict:
         if not isinstance(obj, dict):
             raise ConfigError("--extra-body: expected a JSON object like '{\"seed\": 1}'")
         out.update(obj)
+    return out
+
+
+def _slo(text: str) -> dict:
+    """'ttft=500ms,tpot=50ms' -> {"ttft": 0.5, "tpot": 0.05} (seconds)."""
+    out = {}
+    for part in filter(None, text.replace(" ", "").split(",")):
+        name, _, value = part.partition("=")
+        scale = 1e-3 if value.endswith("ms") else 1.0
+        number = value[:-2] if value.endswith("ms") else value.rstrip("s")
+        try:
+            limit = float(number) * scale
+        except ValueError:
+            limit = -1.0
+        if name.lower() not in ("ttft", "tpot", "e2el") or limit <= 0:
+            raise ConfigError(f"--slo: expected limits like ttft=500ms,tpot=50ms (ttft, tpot, e2el); got {part!r}")
+        out[name.lower()] = limit
     return out

@@ -178,7 +178,7 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
         cancelled += read_records(cancelled_path)[0]
     profile = profile or config.get("metric_profile", "default")
     results = metrics.compute(records, profile=profile, max_concurrency=config.get("max_users"),
-                              stream=config.get("stream", True))
+                              stream=config.get("stream", True), slo=config.get("slo") or None)
     perf_dir = os.path.join(run_dir, "performances", config.get("model_abbr", "model"))
     csv_path, json_path = tables.write(results, perf_dir, config.get("dataset_abbr", "dataset"))
     if echo:

@@ -74,3 +74,59 @@ def test_processes_ship_every_record_to_the_master(tmp_path, start_sim):
     expected = tables.perf_rows(metrics.compute(records, max_concurrency=4))
     written = [row for row in csv.reader(open(perf_csv(run)))][1:]
     assert written == expected
+
+
+def make_record(ttft, itl, n, stage="total", t_send=100.0, success=True):
+    from benchmark.records import new_record
+    events = [[ttft + i * itl, "content", 1] for i in range(n)]
+    return new_record(t_send=t_send, events=events, success=success, output_tokens=n, input_tokens=10,
+                      stage=stage, error="" if success else "HTTP 500: x")
+
+
+def test_slo_goodput_counts_requests_meeting_every_limit():
+    # TPOT = (E2EL - TTFT) / (n - 1) = itl here
+    recs = [make_record(0.1, 0.02, 11), make_record(0.6, 0.02, 11),   # TTFT too slow
+            make_record(0.1, 0.08, 11), make_record(0.2, 0.03, 11),   # TPOT too slow / both fine
+            make_record(0.1, 0.02, 11, success=False)]
+    res = metrics.compute(recs, slo={"ttft": 0.5, "tpot": 0.05})
+    common = {r[0]: r[2] for r in res.common.itertuples(index=False) if r[1] == "total"}
+    assert common["SLO Attainment"] == 40.0  # 2 of all 5 requests
+    duration = common["Benchmark Duration"] / 1000
+    assert abs(common["Goodput"] - 2 / duration) < 1e-9
+    assert abs(common["Good Output Token Throughput"] - 22 / duration) < 1e-9
+    assert "SLO Attainment" not in set(metrics.compute(recs).common["Common Metric"])
+
+
+def test_slo_option_parsing():
+    from benchmark.options import ConfigError, _slo
+    assert _slo("ttft=500ms, tpot=0.05s,e2el=2") == {"ttft": 0.5, "tpot": 0.05, "e2el": 2.0}
+    for bad in ("ttft", "itl=5ms", "ttft=-1ms", "ttft=fast"):
+        try:
+            _slo(bad)
+        except ConfigError as e:
+            assert "--slo" in str(e)
+        else:
+            raise AssertionError(bad)
+
+
+def test_client_health_verdict():
+    from benchmark.health import verdict
+    bound, line = verdict({"local": {"cpu_percent": 97.0, "loop_lag_p99_ms": 1.0}})
+    assert bound and "CPU 97 %" in line and "--processes" in line
+    bound, line = verdict({"worker 0": {"cpu_percent": 40.0, "loop_lag_p99_ms": 12.0}})
+    assert bound and "loop lag p99 12.0 ms" in line
+    bound, line = verdict({"local": {"cpu_percent": 30.0, "loop_lag_p99_ms": 0.8}})
+    assert not bound and line.startswith("Client healthy")
+
+
+def test_run_reports_health_and_goodput(tmp_path, start_sim):
+    sim = start_sim("--ttft-ms", "10", "--itl-ms", "2")
+    res = run_locust(tmp_path, "--host", sim.url, "-u", "2", "-r", "2", "-t", "3s", "--max-out-len", "8",
+                     "--slo", "ttft=1s,tpot=1s")
+    assert res.returncode == 0, res.stderr[-1500:]
+    (run,) = run_dirs(tmp_path)
+    health = json.load(open(os.path.join(run, "config.json")))["client_health"]["local"]
+    assert 0 < health["cpu_percent"] < 200 and health["loop_lag_p99_ms"] >= 0
+    assert "Client healthy" in res.stdout or "CLIENT-BOUND" in res.stdout
+    common = json.load(open(perf_csv(run)[:-4] + ".json"))
+    assert common["SLO Attainment"]["total"] == "100.0000 %"
