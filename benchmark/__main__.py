@@ -12,10 +12,12 @@ def main(argv: list[str] | None = None) -> int:
         return simulate(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmark")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{report,accuracy,simulate}")
-    rep = sub.add_parser("report", help="recompute the tables of a run from its records.jsonl")
+    rep = sub.add_parser("report", help="recompute the tables and report.html of a run from its records.jsonl")
     rep.add_argument("run_dir")
     rep.add_argument("--metric-profile", choices=("default", "aisbench"), default=None,
                      help="override the run's profile")
+    rep.add_argument("--html", metavar="PATH", default=None,
+                     help="where to write the HTML report (default: RUN_DIR/report.html)")
     acc = sub.add_parser("accuracy", help="score a run's completions (GSM8K rules) from its records.jsonl")
     acc.add_argument("run_dir")
     acc.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .run import ReportError, report
     try:
-        report(args.run_dir, profile=args.metric_profile)
+        report(args.run_dir, profile=args.metric_profile, html=args.html or True)
     except ReportError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2

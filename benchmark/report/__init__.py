@@ -1,0 +1,284 @@
+"""The HTML report of a run folder: one self-contained file (inline CSS and SVG, no script, nothing fetched).
+
+    from benchmark.report import render
+    path = render("reports/20260101_120000")          # writes reports/20260101_120000/report.html
+
+Made from records.jsonl, config.json and (when the run was scored) results/<model_abbr>/<dataset>.json.
+Tables are metrics.compute()'s, formatted by tables.py exactly as on the console; charts are SVG drawn
+in Python (plots.py). Every value from the run, model output included, goes through jinja2 autoescape.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from collections import Counter
+
+import numpy as np
+from jinja2 import Environment, FileSystemLoader
+
+from .. import __version__, metrics, tables
+from ..records import read_records
+from . import plots
+from .data import run_data
+
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+SAMPLES = 5            # completions shown
+TEXT_CHARS = 800       # of each shown completion
+ACCURACY_METRICS = ("accuracy", "strict-match", "flexible-extract")
+
+_env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
+
+
+def render(run_dir: str, out_path: str | None = None, *, records: list[dict] | None = None,
+           results: metrics.Results | None = None, config: dict | None = None, skipped: int = 0) -> str:
+    """Write the report of `run_dir` to out_path (default run_dir/report.html); returns the path.
+
+    records/results/config may be passed when the caller already has them (the tables step does)."""
+    if config is None:
+        config = _json(os.path.join(run_dir, "config.json")) or {}
+    if records is None:
+        records, skipped = read_records(os.path.join(run_dir, "records.jsonl"))
+        try:  # requests cut short by the test stopping are not failures (as in run.report)
+            from ..run import split_cancelled
+            records, _ = split_cancelled(records)
+        except ImportError:
+            pass
+    if results is None:
+        extra = {"slo": config["slo"]} if config.get("slo") else {}
+        results = metrics.compute(records, profile=config.get("metric_profile", "default"),
+                                  max_concurrency=config.get("max_users"), stream=config.get("stream", True), **extra)
+    html = _env.get_template("report.html.j2").render(**context(run_dir, records, results, config, skipped))
+    out_path = out_path or os.path.join(run_dir, "report.html")
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = f"{out_path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(html)
+    os.replace(tmp, out_path)  # a browser refreshing the page never sees half a file
+    return out_path
+
+
+def _json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def context(run_dir: str, records: list[dict], results: metrics.Results, config: dict, skipped: int = 0) -> dict:
+    perf, common = results.perf, results.common
+    stages = plots.stage_names(perf)
+    data = run_data(records, results.profile, results.stream)
+    accuracy = load_accuracy(run_dir, config)
+
+    dists = [plots.distribution(m, getattr(data, attr), perf) for m, attr in plots.LAT_METRICS]
+    return {
+        "title": f"{config.get('model') or 'model'} on {config.get('host') or 'unknown host'}",
+        "header": header(run_dir, config, records, results),
+        "tiles": tiles(results, accuracy),
+        "stage_rows": stage_rows(results, stages, accuracy),
+        "table_sets": table_sets(results, stages),
+        "accuracy": accuracy,
+        "dists": dists,
+        "time_charts": plots.over_time(data, stages),
+        "scatters": [plots.scatter(data, "TTFT", data.ttft, stages), plots.scatter(data, "TPOT", data.tpot, stages)],
+        "timeline": plots.timeline(data),
+        "lvt": plots.latency_vs_throughput(perf, common, stages),
+        "failures": failures(records),
+        "health": client_health(run_dir, config, records),
+        "samples": samples(records),
+        "skipped": skipped,
+        "profile": results.profile,
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "version": __version__,
+    }
+
+
+def _duration_s(results: metrics.Results, stage: str = "total") -> float:
+    return plots._common(results.common, "Benchmark Duration", stage) / 1000
+
+
+def header(run_dir: str, config: dict, records: list[dict], results: metrics.Results) -> list[tuple[str, str]]:
+    sources = Counter(r.get("token_source") for r in records if r.get("success"))
+    sources.pop(None, None)
+    token_source = ", ".join(f"{k} ({v})" for k, v in sources.most_common()) or "-"
+    if config.get("tokenizer"):
+        token_source += f"; tokenizer {config['tokenizer']}"
+    users = config.get("max_users") or config.get("users")
+    load = []
+    if users:
+        load.append(f"{users} users")
+    if config.get("request_rate"):
+        load.append(f"open loop {config['request_rate']} req/s, burstiness {config.get('burstiness', 1.0)}")
+    if config.get("steps"):
+        steps = config["steps"]
+        steps = ", ".join(map(str, steps)) if isinstance(steps, (list, tuple)) else str(steps)
+        load.append(f"steps {steps}" + (f", {config['step_time']} s each" if config.get("step_time") else ""))
+    if config.get("processes"):
+        load.append(f"{config['processes']} processes")
+    out_len = config.get("max_out_len")
+    rows = [
+        ("Target", config.get("host") or "-"),
+        ("Model", f"{config.get('model') or '-'}" + (f" ({config['model_abbr']})" if config.get("model_abbr")
+                                                      and config.get("model_abbr") != config.get("model") else "")),
+        ("Dataset", f"{config.get('dataset_abbr') or config.get('dataset') or '-'}"
+                    + (f", {config['dataset_path']}" if config.get("dataset_path") else "")),
+        ("Load", ", ".join(load) or "-"),
+        ("Duration", f"{_duration_s(results):.1f} s (first send to last answer)"
+                     + (f"; {config['started']} to {config['finished']}" if config.get("finished") else "")),
+        ("Requests", f"{len(records)}"),
+        ("Output length", f"max_tokens {out_len}" + (", ignore_eos" if config.get("ignore_eos") else "")
+                          if out_len else "-"),
+        ("Mode / metrics", f"{config.get('mode', 'perf')}, metric profile {results.profile}"
+                           + ("" if results.stream else ", non-streaming")),
+        ("Token counts", token_source),
+        ("Tool", config.get("tool") or f"llm-testing {__version__}"),
+        ("Command", config.get("command") or "-"),
+        ("Run folder", os.path.abspath(run_dir)),
+    ]
+    if config.get("sampling"):
+        rows.insert(7, ("Sampling", json.dumps(config["sampling"], ensure_ascii=False)))
+    return rows
+
+
+def tiles(results: metrics.Results, accuracy: dict | None) -> list[tuple[str, str]]:
+    perf, common = results.perf, results.common
+
+    def c(name):
+        return plots._common(common, name, "total")
+
+    def p(metric, col):
+        v = plots._stat(perf, metric, "total", col)
+        return "-" if np.isnan(v) else f"{v:.4g} ms"
+
+    total, failed = c("Total Requests"), c("Failed Requests")
+    out = [("Requests", f"{total:.0f}" + (f" ({failed:.0f} failed)" if failed else "")),
+           ("Duration", f"{c('Benchmark Duration') / 1000:.1f} s"),
+           ("Request throughput", f"{c('Request Throughput'):.3g} req/s"),
+           ("Output throughput", f"{c('Output Token Throughput'):.4g} token/s"),
+           ("TTFT P50 / P99", f"{p('TTFT', 'Median')} / {p('TTFT', 'P99')}"),
+           ("TPOT P50 / P99", f"{p('TPOT', 'Median')} / {p('TPOT', 'P99')}")]
+    slo = c("SLO Attainment")
+    if not np.isnan(slo):
+        out.append(("SLO attainment / goodput", f"{slo:.1f} % / {c('Goodput'):.3g} req/s"))
+    if accuracy:
+        out.append(("Accuracy", f"{accuracy['total'].get('accuracy', float('nan')):.2f} %"))
+    return out
+
+
+def stage_rows(results: metrics.Results, stages: list[str], accuracy: dict | None) -> list[dict]:
+    """One row per stage (total last): the load it ran at and its headline latencies, accuracy beside."""
+    if not stages:
+        return []
+    perf, common = results.perf, results.common
+    rows = []
+    for s in [*stages, "total"]:
+        row = {"stage": s,
+               "requests": f"{plots._common(common, 'Total Requests', s):.0f}",
+               "failed": f"{plots._common(common, 'Failed Requests', s):.0f}",
+               "concurrency": f"{plots._common(common, 'Concurrency', s):.2f}",
+               "rps": f"{plots._common(common, 'Request Throughput', s):.3f}",
+               "tps": f"{plots._common(common, 'Output Token Throughput', s):.1f}"}
+        for m in ("TTFT", "TPOT", "E2EL"):
+            for col, name in (("Median", "p50"), ("P99", "p99")):
+                v = plots._stat(perf, m, s, col)
+                row[f"{m.lower()}_{name}"] = "-" if np.isnan(v) else f"{v:.2f}"
+        slo = plots._common(common, "SLO Attainment", s)
+        row["slo"] = "" if np.isnan(slo) else f"{slo:.1f}"
+        acc = (accuracy or {}).get("stages", {}).get(s) if s != "total" else (accuracy or {}).get("total")
+        row["accuracy"] = f"{acc['accuracy']:.2f}" if acc and "accuracy" in acc else ""
+        rows.append(row)
+    return rows
+
+
+def table_sets(results: metrics.Results, stages: list[str]) -> list[dict]:
+    """The AISBench tables, one set per stage (total first), values formatted as on the console."""
+    perf_rows = tables.perf_rows(results)
+    common = tables.common_dict(results)
+    out = []
+    for s in ["total", *stages]:
+        out.append({
+            "stage": s,
+            "perf": [r for r in perf_rows if r[1] == s],
+            "common": [(m, tables._display(v[s])) for m, v in common.items() if s in v],
+        })
+    return out
+
+
+def load_accuracy(run_dir: str, config: dict) -> dict | None:
+    """results/<model_abbr>/<dataset>.json as the accuracy scorer writes it, or None when not scored."""
+    paths = sorted(p for p in glob.glob(os.path.join(run_dir, "results", "*", "*.json"))
+                   if not p.endswith("_details.json"))
+    want = os.path.join(run_dir, "results", str(config.get("model_abbr", "")),
+                        f"{config.get('dataset_abbr') or config.get('dataset')}.json")
+    if want in paths:
+        paths.remove(want)
+        paths.insert(0, want)
+    for path in paths:
+        res = _json(path)
+        if isinstance(res, dict) and any(m in res for m in ACCURACY_METRICS):
+            total = {m: float(res[m]) for m in ACCURACY_METRICS if isinstance(res.get(m), (int, float))}
+            stages = {}
+            for s, v in (res.get("stages") or {}).items():
+                if isinstance(v, dict):
+                    stages[s] = {m: float(v[m]) for m in ACCURACY_METRICS if isinstance(v.get(m), (int, float))}
+                    stages[s]["counts"] = v.get("counts") or {}
+            return {"file": os.path.relpath(path, run_dir), "metrics": [m for m in ACCURACY_METRICS if m in total],
+                    "total": total, "counts": res.get("counts") or {}, "stages": stages,
+                    "version": res.get("version", "-")}
+    return None
+
+
+def failures(records: list[dict]) -> list[dict]:
+    df = metrics.failure_summary(records)
+    return df.to_dict("records")
+
+
+def client_health(run_dir: str, config: dict, records: list[dict] | None = None):
+    """What the run recorded about the load generator itself (config `client_health`: process -> its
+    CPU %, event-loop lag, ...; or a client_health.json beside it), with the verdict; None when absent."""
+    health = config.get("client_health")
+    if health is None:
+        health = _json(os.path.join(run_dir, "client_health.json"))
+    if not health:
+        return None
+
+    def cell(v):
+        return v if isinstance(v, (str, int, float)) or v is None else json.dumps(v)
+
+    out = {"verdict": "", "bound": False, "extra": []}
+    if isinstance(health, dict) and all(isinstance(v, dict) for v in health.values()):
+        cols = list(dict.fromkeys(k for v in health.values() for k in v))
+        out.update(kind="table", cols=["process", *cols],
+                   rows=[[name, *(cell(v.get(c, "")) for c in cols)] for name, v in health.items()])
+        try:
+            from ..health import sched_lag_ms, verdict
+            out["bound"], out["verdict"] = verdict(health)
+            out["extra"] = list(sched_lag_ms(records or []).items())
+        except Exception:  # noqa: BLE001 - the verdict is a nicety; the numbers are shown regardless
+            pass
+    elif isinstance(health, dict):
+        out.update(kind="kv", rows=[(k, cell(v)) for k, v in health.items()])
+    elif isinstance(health, list) and all(isinstance(x, dict) for x in health):
+        cols = list(dict.fromkeys(k for x in health for k in x))
+        out.update(kind="table", cols=cols, rows=[[cell(x.get(c, "")) for c in cols] for x in health[:200]])
+    else:
+        out.update(kind="kv", rows=[("client health", cell(health))])
+    return out
+
+
+def samples(records: list[dict]) -> list[dict]:
+    """A few completions (successful first), cut to TEXT_CHARS: what the model actually said."""
+    picked = [r for r in records if r.get("success")][:SAMPLES]
+    out = []
+    for r in picked:
+        text = r.get("completion") or ""
+        reasoning = r.get("reasoning") or ""
+        out.append({"id": r.get("id"), "stage": r.get("stage") or "total", "prompt_index": r.get("prompt_index"),
+                    "tokens": r.get("output_tokens"), "finish": r.get("finish_reason") or "-",
+                    "text": text[:TEXT_CHARS] + ("…" if len(text) > TEXT_CHARS else ""),
+                    "reasoning": reasoning[:TEXT_CHARS // 2] + ("…" if len(reasoning) > TEXT_CHARS // 2 else ""),
+                    "reference": r.get("reference") or ""})
+    return out

@@ -1,0 +1,246 @@
+"""Live LLM metrics in Locust's web UI: an "LLM metrics" tab, and the HTML report after stop.
+
+    webui.install(environment, lambda: State.run)     # in the locustfile's init listener
+
+The tab uses Locust's extension points: `extended_tabs` / `extended_tables` in the UI's template args,
+and an `extended_stats` entry added to each `/stats/requests` answer (the page polls it every 2 s). Its
+numbers come from the raw records of the current run: the run's records.jsonl is read incrementally
+(where every process's records land, in --processes and master/worker runs too), never from Locust's
+bucketed response times. Percentiles are over the last WINDOW requests; totals are over the whole run.
+
+Routes: `/llm/stats` (the same rows as JSON) and `/llm/report` (report.html of the latest run that has
+one; the "Download Data" tab links to it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+
+import numpy as np
+
+from .records import TOKEN_KINDS
+
+TAB = "llm"
+WINDOW = 20_000          # requests whose latencies the percentiles cover
+MAX_GAPS = 2_000_000     # ITL gaps kept (the oldest requests' gaps go first)
+READ_CHUNK = 8 << 20     # bytes of records.jsonl read per refresh, so a backlog never stalls the UI
+RECENT_S = 10.0          # "last 10 s" throughput window
+REFRESH_S = 0.5          # the table is recomputed at most this often
+COLUMNS = (("metric", "Metric"), ("p50", "P50"), ("p90", "P90"), ("p99", "P99"), ("avg", "Average"),
+           ("n", "N"))
+_TOKEN = frozenset(TOKEN_KINDS)
+CANCELLED = "cancelled"  # run.CANCELLED: the error prefix of a request cut short by the test stopping
+
+
+class LiveWindow:
+    """Per-request latencies of one run, fed from its records.jsonl as it grows. No Locust in here."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+        self.ttft: deque = deque(maxlen=WINDOW)
+        self.tpot: deque = deque(maxlen=WINDOW)
+        self.e2el: deque = deque(maxlen=WINDOW)
+        self.tps: deque = deque(maxlen=WINDOW)        # per-request output token/s
+        self.gaps: deque = deque()                    # one array of ITL gaps per request
+        self.n_gaps = 0
+        self.recent: deque = deque()                  # (end epoch s, output tokens)
+        self.requests = self.failed = 0
+        self.tokens = 0.0
+        self.first_send = self.last_end = None
+
+    # ---- reading
+    def poll(self, max_bytes: int = READ_CHUNK) -> int:
+        """Read what was appended since the last call (up to max_bytes); returns records added."""
+        if not self.path:
+            return 0
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read(max_bytes)
+        except FileNotFoundError:
+            return 0
+        self.offset += len(chunk)
+        data = self.partial + chunk
+        lines = data.split(b"\n")
+        self.partial = lines.pop()  # an unfinished last line waits for its end
+        added = 0
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                self.add(rec)
+                added += 1
+        return added
+
+    def add(self, rec: dict) -> None:
+        """One record, with DESIGN.md's definitions (default profile)."""
+        error = rec.get("error")
+        if isinstance(error, str) and error.startswith(CANCELLED):
+            return  # cut short by the test stopping: not a request the server failed (as in run.report)
+        self.requests += 1
+        t_send = rec.get("t_send")
+        events = rec.get("events") or []
+        if isinstance(t_send, (int, float)):
+            self.first_send = t_send if self.first_send is None else min(self.first_send, t_send)
+        if not rec.get("success"):
+            self.failed += 1
+            return
+        if not events:
+            return
+        e2el = events[-1][0]
+        tok = [e[0] for e in events if e[1] in _TOKEN]
+        out = rec.get("output_tokens") or 0
+        self.e2el.append(e2el)
+        if e2el > 0:
+            self.tps.append(out / e2el)
+        if len(events) > 1 and tok:  # streaming: TTFT, TPOT, ITL
+            ttft = tok[0]
+            self.ttft.append(ttft)
+            self.tpot.append((e2el - ttft) / (out - 1) if out > 1 else 0.0)
+            if len(tok) > 1:
+                g = np.diff(tok)
+                self.gaps.append(g)
+                self.n_gaps += g.size
+                while self.n_gaps > MAX_GAPS or len(self.gaps) > WINDOW:
+                    self.n_gaps -= self.gaps.popleft().size
+        self.tokens += out
+        if isinstance(t_send, (int, float)):
+            end = t_send + e2el
+            self.last_end = end if self.last_end is None else max(self.last_end, end)
+            self.recent.append((end, out))
+
+    # ---- the table
+    def rows(self, now: float | None = None, report: str | None = None) -> list[dict]:
+        now = time.time() if now is None else now
+        while self.recent and self.recent[0][0] < now - RECENT_S:
+            self.recent.popleft()
+        ok = self.requests - self.failed
+        window = "" if ok <= WINDOW else f", last {WINDOW}"
+
+        def stat_row(name, values, scale=1000.0, digits=2):
+            a = np.asarray(values, float) * scale
+            row = {"metric": name + window, "n": int(a.size)}
+            if a.size:
+                p50, p90, p99 = np.percentile(a, (50, 90, 99))
+                row.update(p50=round(p50, digits), p90=round(p90, digits), p99=round(p99, digits),
+                           avg=round(float(a.mean()), digits))
+            else:
+                row.update(p50="", p90="", p99="", avg="")
+            return row
+
+        gaps = np.concatenate(list(self.gaps)) if self.gaps else np.zeros(0)
+        rows = [stat_row("TTFT (ms)", self.ttft), stat_row("TPOT (ms)", self.tpot), stat_row("ITL (ms)", gaps),
+                stat_row("E2EL (ms)", self.e2el),
+                stat_row("Output token/s per request", self.tps, scale=1.0, digits=1)]
+        span = (self.last_end - self.first_send) if self.first_send is not None and self.last_end else 0
+        blank = {"p50": "", "p90": "", "p99": ""}
+        rows.append({"metric": "Output token/s, whole run", **blank,
+                     "avg": round(self.tokens / span, 1) if span > 0 else "", "n": ok})
+        recent = sum(t for _, t in self.recent)
+        seconds = min(RECENT_S, now - self.first_send) if self.first_send is not None else RECENT_S
+        rows.append({"metric": f"Output token/s, last {RECENT_S:g} s", **blank,
+                     "avg": round(recent / seconds, 1) if seconds > 0 else "", "n": len(self.recent)})
+        rows.append({"metric": "Requests: failed / all", **blank, "avg": self.failed, "n": self.requests})
+        rows.append({"metric": "HTML report", "p50": "ready: Download Data tab, or ./llm/report" if report
+                     else "written when the test stops",
+                     "p90": "", "p99": "", "avg": "", "n": ""})
+        return rows
+
+
+class Live:
+    """Which run the tab shows: the current one, else the last one (its final numbers and report)."""
+
+    def __init__(self, get_run):
+        self.get_run = get_run
+        self.dir: str | None = None
+        self.previous: str | None = None
+        self.window = LiveWindow()
+        self._rows: list[dict] = []
+        self._at = 0.0
+
+    def follow(self) -> None:
+        run = self.get_run()
+        run_dir = getattr(run, "dir", None) if run is not None else None
+        if run_dir and run_dir != self.dir:
+            self.previous = self.report_path() or self.previous
+            self.dir = run_dir
+            self.window = LiveWindow(os.path.join(run_dir, "records.jsonl"))
+            self._at = 0.0
+
+    def report_path(self) -> str | None:
+        if self.dir:
+            path = os.path.join(self.dir, "report.html")
+            if os.path.isfile(path):
+                return path
+        return self.previous  # while a new run goes on, the last finished one's
+
+    def rows(self) -> list[dict]:
+        if time.monotonic() - self._at >= REFRESH_S:
+            self.follow()
+            self.window.poll()
+            self._rows = self.window.rows(report=self.report_path())
+            self._at = time.monotonic()
+        return self._rows
+
+
+def install(environment, get_run) -> Live | None:
+    """Add the LLM tab and routes to environment.web_ui (nothing when running headless / as a worker).
+
+    get_run() returns the current run (an object with `.dir`, the run folder) or None between tests."""
+    web_ui = getattr(environment, "web_ui", None)
+    if web_ui is None:
+        return None
+    from flask import Response, jsonify, request, send_file
+
+    live = Live(get_run)
+    args = web_ui.template_args
+    args["extended_tabs"] = [*args.get("extended_tabs", []), {"title": "LLM metrics", "key": TAB}]
+    args["extended_tables"] = [*args.get("extended_tables", []),
+                               {"key": TAB, "structure": [{"key": k, "title": t} for k, t in COLUMNS]}]
+    args["extended_csv_files"] = [*args.get("extended_csv_files", []),
+                                  {"href": "./llm/report", "title": "LLM report of the last run (HTML)"}]
+
+    def on_test_start(**_):
+        live.follow()
+        live._at = 0.0
+
+    def on_test_stop(**_):  # runs after the locustfile's listener wrote the tables and report
+        live._at = 0.0
+
+    environment.events.test_start.add_listener(on_test_start)
+    environment.events.test_stop.add_listener(on_test_stop)
+
+    app = web_ui.app
+
+    @app.after_request
+    def _llm_stats(response):
+        if request.path.rstrip("/").endswith("/stats/requests") and response.is_json:
+            body = response.get_json()
+            body["extended_stats"] = [*body.get("extended_stats", []), {"key": TAB, "data": live.rows()}]
+            response.set_data(json.dumps(body))
+        return response
+
+    @app.route("/llm/stats")
+    @web_ui.auth_required_if_enabled
+    def _llm_stats_json():
+        return jsonify({"run_dir": live.dir, "report": bool(live.report_path()), "rows": live.rows()})
+
+    @app.route("/llm/report")
+    @web_ui.auth_required_if_enabled
+    def _llm_report():
+        live.follow()
+        path = live.report_path()
+        if not path:
+            return Response("No HTML report yet: it is written when the test stops.\n", 404,
+                            mimetype="text/plain")
+        return send_file(path, mimetype="text/html", max_age=0)
+
+    return live
