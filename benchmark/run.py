@@ -229,7 +229,7 @@ def failure_text(records: list[dict]) -> str:
     width = len(str(int(failures["count"].max())))
     for reason, count, example in failures.itertuples(index=False):
         lines.append(f"  {int(count):>{width}} x {reason}")
-        example = re.sub(r" \(HTTP \d+\)$", "", example) if example.startswith("HTTP ") else example
+        example = _example(example)
         if example != reason:
             lines.append(f"  {'':>{width}}   first: {example[:300]}")
     return "\n".join(lines)
@@ -246,7 +246,12 @@ def outcome_line(records: list[dict], cancelled: list[dict]) -> str:
         return "No request was sent: the test stopped before any user sent one"
     top = metrics.failure_summary(records).iloc[0]
     return (f"All {len(records)} requests failed: most common reason ({int(top['count'])} of them): "
-            f"{top['first_example'][:300]}")
+            f"{_example(top['first_example'])[:300]}")
+
+
+def _example(text: str) -> str:
+    """A failure's first example without the status failure_summary appends when the text has it already."""
+    return re.sub(r" \(HTTP \d+\)$", "", text) if text.startswith("HTTP ") else text
 
 
 def _count(value) -> int:
