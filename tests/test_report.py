@@ -135,7 +135,8 @@ def test_stage_run_has_per_stage_tables_and_latency_vs_throughput(tmp_path):
     assert "SLO attainment / goodput" in html and '<th class="n">SLO %</th>' in html
     for s in ("total", *stages):
         assert f'data-stage="{s}"' in html, s
-    rows = re.findall(r"<tr(?: class=\"total\")?><td>([^<]+)</td>", html.split('id="stage-table"')[1].split("</table>")[0])
+    stage_table = html.split('id="stage-table"')[1].split("</table>")[0]
+    rows = re.findall(r"<tr(?: class=\"total\")?><td>([^<]+)</td>", stage_table)
     assert rows == [*stages, "total"]
     c = charts(html)
     for key in ("lvt-ttft", "lvt-tpot", "lvt-e2el"):
@@ -160,6 +161,16 @@ def test_accuracy_panel_per_stage_next_to_latency(tmp_path):
         assert re.search(rf'<tr><td>{s}</td><td class="n">75.00</td>.*?</tr>', panel)
     stage_table = html.split('id="stage-table"')[1].split("</table>")[0]
     assert "Accuracy %" in stage_table and stage_table.count(">75.00<") == 3
+    # no stages: the whole run's accuracy still sits beside its latency
+    for r in recs:
+        r["stage"] = "total"
+    run = write_run(tmp_path / "flat", recs, dataset="gsm8k", dataset_abbr="gsm8k", mode="all")
+    score_run(run, echo=False)
+    html = read(render(run))
+    ttft = metrics.compute(recs).perf.set_index("Performance Parameters").loc["TTFT", "Median"]
+    assert re.search(rf'<tr class="total"><td>total</td><td class="n">75.00</td>.*<td class="n">{ttft:.2f}</td>',
+                     html.split('<section id="accuracy">')[1])
+    assert 'id="stage-table"' not in html
 
 
 def test_nothing_is_fetched_from_anywhere(tmp_path):

@@ -169,9 +169,8 @@ def tiles(results: metrics.Results, accuracy: dict | None) -> list[tuple[str, st
 
 
 def stage_rows(results: metrics.Results, stages: list[str], accuracy: dict | None) -> list[dict]:
-    """One row per stage (total last): the load it ran at and its headline latencies, accuracy beside."""
-    if not stages:
-        return []
+    """One row per stage (total last; only total when the run has no stages): the load it ran at and
+    its headline latencies, accuracy beside."""
     perf, common = results.perf, results.common
     rows = []
     for s in [*stages, "total"]:

@@ -53,7 +53,8 @@ def distribution(metric: str, samples: np.ndarray, perf: pd.DataFrame) -> dict:
             for i in range(BINS)]
     c.bars(edges, counts, "c0", tips, label="histogram")
     c.line(edges, cdf, "c3", y2=True, label="CDF")
-    marks = [(name, _stat(perf, metric, "total", col)) for name, col in (("P50", "Median"), ("P90", "P90"), ("P99", "P99"))]
+    marks = [(name, _stat(perf, metric, "total", col))
+             for name, col in (("P50", "Median"), ("P90", "P90"), ("P99", "P99"))]
     # labels all to the right of their line, or all to the left when one would run off the plot
     anchor = "end" if any(c.near_right(v) for _, v in marks) else "start"
     for row, (name, v) in enumerate(marks):
@@ -106,7 +107,8 @@ def over_time(data: RunData, stages: list[str]) -> list[dict]:
     charts = []
 
     tok = per_bin_rate(data.tok_time, edges, data.tok_weight)
-    c = svg.Chart(f"Output token/s ({label})", xl, "token/s", width=1130, height=220, xrange=(0, edges[-1]), xtight=True,
+    c = svg.Chart(f"Output token/s ({label})", xl, "token/s", width=1130, height=220,
+                  xrange=(0, edges[-1]), xtight=True,
                   yrange=(0, max(tok.max(), 1) * 1.08), key="time-tokens")
     _stage_marks(c, data, stages)
     c.line(np.append(mid, edges[-1]), np.append(tok, tok[-1]), "c0", step=True, label="output token/s")
@@ -116,7 +118,8 @@ def over_time(data: RunData, stages: list[str]) -> list[dict]:
     fail_t = np.where(np.isfinite(data.end), data.end, data.start)
     bad = per_bin_rate(np.where(~data.success, fail_t, np.nan), edges)
     c = svg.Chart(f"Requests/s completed ({label})", xl, "req/s", width=1130, height=200,
-                  xrange=(0, edges[-1]), xtight=True, yrange=(0, max(ok.max(), bad.max(), 0.1) * 1.08), key="time-requests")
+                  xrange=(0, edges[-1]), xtight=True, yrange=(0, max(ok.max(), bad.max(), 0.1) * 1.08),
+                  key="time-requests")
     _stage_marks(c, data, stages)
     c.line(np.append(mid, edges[-1]), np.append(ok, ok[-1]), "c1", step=True, label="succeeded")
     if bad.any():

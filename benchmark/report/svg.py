@@ -100,8 +100,9 @@ class Chart:
             if counts[i] <= 0:
                 continue
             tip = f"<title>{escape(tips[i])}</title>" if tips else ""
+            width = max(xs[i + 1] - xs[i] - 0.6, 0.6)
             self.items.append(f'<rect class="{cls}" x="{_f(xs[i])}" y="{_f(ys[i])}" '
-                              f'width="{_f(max(xs[i + 1] - xs[i] - 0.6, 0.6))}" height="{_f(base - ys[i])}">{tip}</rect>')
+                              f'width="{_f(width)}" height="{_f(base - ys[i])}">{tip}</rect>')
         self._legend(label, cls)
 
     def line(self, x, y, cls: str = "c0", y2: bool = False, label: str | None = None, step: bool = False,
