@@ -136,8 +136,10 @@ def add_arguments(parser) -> None:
 
     add("--model", default="", help="model name sent in requests; empty: ask GET /v1/models")
     add("--model-abbr", default="", help="name of the model's output folder (default: --model)")
-    add("--api-key", default="", is_secret=True,
-        help="bearer token; default $OPENAI_API_KEY. Never written to any output")
+    # not in the web UI form: Locust embeds a form field's command-line value in the page source, even
+    # for a secret (masked) field, so the key would be readable by anyone who can open the UI
+    add("--api-key", default="", is_secret=True, ui=False,
+        help="bearer token; default $OPENAI_API_KEY. Never written to any output or shown in the web UI")
     add("--dataset", default="synthetic", help=f"prompt source: {' | '.join(ds.DATASETS)}")
     add("--dataset-path", default="", help="file or folder of the dataset")
     add("--num-prompts", default="0",

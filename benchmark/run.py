@@ -188,7 +188,7 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
             print(failures)
         if cancelled:
             print(f"Cancelled: {len(cancelled)} request(s) in flight when the test stopped "
-                  f"(in {CANCELLED_FILE}; not counted as failures)")
+                  "(not counted as failures)")
         verdict = outcome_line(records, cancelled)
         if verdict:
             print(verdict)

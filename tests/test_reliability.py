@@ -464,7 +464,8 @@ def _web_stop_job(out_dir):
     port = free_port()
     cmd = [sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "locustfile.py"), "--web-host", "127.0.0.1",
            "--web-port", str(port), "--output-dir", os.path.join(out_dir, "runs"), "--dataset", "custom",
-           "--dataset-path", _dataset(out_dir), "--sim-ttft-ms", "300", "--sim-itl-ms", "30", "--max-out-len", "10"]
+           "--dataset-path", _dataset(out_dir), "--sim-ttft-ms", "300", "--sim-itl-ms", "30", "--max-out-len", "10",
+           "--api-key", SECRET]
     ui = f"http://127.0.0.1:{port}"
 
     def during(proc, info):
@@ -476,6 +477,7 @@ def _web_stop_job(out_dir):
             except requests.ConnectionError:
                 assert time.time() < deadline and proc.poll() is None
                 time.sleep(0.1)
+        info["pages"] = [requests.get(ui + path, timeout=5).text for path in ("/", "/stats/requests")]
         assert requests.post(f"{ui}/swarm", data={"user_count": 3, "spawn_rate": 3}, timeout=10).json()["success"]
         _wait_lines(os.path.join(out_dir, "runs", "*", "records.jsonl"), 3, proc)
         time.sleep(0.25)
@@ -496,6 +498,12 @@ def test_web_ui_stop_records_in_flight_requests_as_cancelled(jobs):
     assert res.common["Failed Requests"]["total"] == 0
     assert res.common["Total Requests"]["total"] == len(res.records)
     assert res.info["stats"]["fail_ratio"] == 0
+    # the key given on the command line is in no page of the web UI and in no file of the run
+    token = SECRET.split("-")[-1]
+    assert res.info["pages"][0] and not any(token in page for page in res.info["pages"])
+    for d, _, files in os.walk(res.out_dir):
+        for f in files:
+            assert token.encode() not in open(os.path.join(d, f), "rb").read(), f
 
 
 def _all_fail_job(out_dir):
