@@ -193,6 +193,7 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
         if verdict:
             print(verdict)
         print(health_line(config, records))
+        print(tokens.source_summary(records, config.get("tokenizer")))
         if skipped:
             print(f"note: {skipped} unreadable line(s) in records.jsonl skipped (cut short by a crash?)")
         print(f"Results written to {csv_path} and {json_path}")
