@@ -18,10 +18,10 @@ from locust import User, constant, events, task
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
-from benchmark import arrivals, datasets, distributed, health, load, simulator
+from benchmark import arrivals, datasets, distributed, health, idle, load, simulator
 from benchmark.client import ChatClient, ClientError
 from benchmark.options import ConfigError, RunConfig, add_arguments
-from benchmark.run import ReportError, Run, build_body
+from benchmark.run import WARMUP, ReportError, Run, build_body
 from benchmark import webui
 
 log = logging.getLogger("llm-testing")
@@ -44,10 +44,13 @@ class State:
     stage = "total"      # the current step of a --steps ramp
     shard = (0, 1)       # (this worker's index, workers): each takes every n-th prompt
     order: list = []     # prompt indices of this process's shard
+    limit = float("inf")  # requests this process sends before it stops
+    warmup = 0           # of which the first ones only warm the server up
     arrivals = None      # open loop: scheduled send times (--request-rate)
     collector = None     # master: receives the workers' records
     loaded: dict = {}    # prompt configuration -> prompts
     health = None        # this process's client-health monitor
+    post = None          # idle.IdleWorker: parses finished streams when the loop has time
     worker_id = ""       # host:pid of this process (set at test start: --processes forks after import)
 
 
@@ -169,6 +172,11 @@ def _on_test_start(environment, **_):
         State.stage = "total"
     index, workers = State.shard
     State.order = list(range(index, len(State.prompts), workers)) or [0]
+    # requests this process sends: --num-requests shared by the workers, one pass when scored, or no end
+    share = lambda total: total // workers + (index < total % workers)  # noqa: E731
+    State.limit = (share(cfg.num_requests) + share(cfg.warmup) if cfg.num_requests
+                   else len(State.order) + share(cfg.warmup) if cfg.mode != "perf" else float("inf"))
+    State.warmup = share(cfg.warmup)
     if State.arrivals:
         State.arrivals.stop()
     State.arrivals = None
@@ -177,6 +185,7 @@ def _on_test_start(environment, **_):
         State.arrivals.start()
     users = environment.parsed_options.num_users
     extra = {"users": users, "steps": cfg.steps, "request_rate": cfg.request_rate}
+    State.post = State.post or idle.IdleWorker()
     if not State.collector:  # the processes that send requests watch their own health
         State.health = health.HealthMonitor()
         State.health.start()
@@ -192,6 +201,8 @@ def _on_test_start(environment, **_):
 
 @events.test_stop.add_listener
 def _on_test_stop(environment, **_):
+    if State.post:
+        State.post.drain()  # every finished request recorded before the tables
     if State.arrivals:
         State.arrivals.stop()
     if State.collector and State.run:
@@ -249,21 +260,27 @@ class LLMUser(User):
         if run is None:  # options were rejected at test start
             return
         n = next(State.cursor)
-        if State.cfg.mode != "perf" and n >= len(State.order):
-            State.pass_done = True  # scored runs send each prompt once, as AISBench does
+        if n >= State.limit:
+            State.pass_done = True  # the asked number of requests, or one scored pass, has been sent
             raise StopUser()
         i = State.order[n % len(State.order)]
         t_sched = State.arrivals.next() if State.arrivals else None  # open loop: wait for an arrival
-        stage = State.stage
+        stage = WARMUP if n < State.warmup else State.stage
         t0 = perf_counter()
+        prompt = State.prompts[i]
         try:
-            result = self.client.send(State.bodies[i], stream=State.cfg.stream)
+            result = self.client.send(State.bodies[i], stream=State.cfg.stream, defer=True)
         except GreenletExit:  # the test stopped (Ctrl-C, SIGTERM, UI stop, -t): not a server failure
-            run.cancelled(self.client.cancelled(), State.prompts[i], worker=State.worker_id, user=self.number, stage=stage)
+            run.cancelled(self.client.cancelled(), prompt, worker=State.worker_id, user=self.number, stage=stage)
             raise
         elapsed_ms = (perf_counter() - t0) * 1000
         result["t_sched"] = t_sched
-        rec = run.record(result, State.prompts[i], worker=State.worker_id, user=self.number, stage=stage)
+        # parse, record and count it when the loop is idle; this user sends its next request now
+        State.post.submit(lambda: self._record(run, result, prompt, stage, elapsed_ms))
+
+    def _record(self, run, result, prompt, stage, elapsed_ms):
+        rec = run.record(self.client.complete(result), prompt, worker=State.worker_id, user=self.number,
+                         stage=stage)
         # Locust's own stats count the request (E2EL as its response time); our tables use records.
         e2el_ms = rec["events"][-1][0] * 1000 if rec["success"] else elapsed_ms
         self.environment.events.request.fire(

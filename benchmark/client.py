@@ -123,10 +123,12 @@ class ChatClient:
                 "success": False, "error": f"cancelled: {why} while the request was in flight",
                 "attempts": max(self.attempts, 1)}
 
-    def send(self, body: bytes, stream: bool = True) -> dict:
+    def send(self, body: bytes, stream: bool = True, defer: bool = False) -> dict:
         """POST a pre-built body; returns record fields (t_send, events, success, error, attempts, ...).
 
-        t_send and the event offsets are those of the last attempt."""
+        t_send and the event offsets are those of the last attempt. With `defer`, a stream's raw lines
+        come back unparsed: pass the result to `complete()` later, when the event loop has time, so
+        parsing never delays the timestamps of other streams."""
         self.attempts = 0
         while True:  # a GreenletExit anywhere in here leaves t_send/attempts set for `cancelled`
             self.attempts += 1
@@ -136,8 +138,14 @@ class ChatClient:
             gevent.sleep(wait)
         self.t_send = None
         out["attempts"] = self.attempts
-        if self.attempts > 1 and not out["success"]:
-            out["error"] += f" (after {self.attempts} attempts)"
+        return out if defer else self.complete(out)
+
+    def complete(self, out: dict) -> dict:
+        """Parse what `send(defer=True)` read and finish the verdict (idempotent)."""
+        if "_lines" in out:
+            finish_stream(out)
+        if out["attempts"] > 1 and not out["success"]:
+            out["error"] += f" (after {out['attempts']} attempts)"
         if out["error"]:
             out["error"] = self._mask(out["error"])
         return out
@@ -193,22 +201,19 @@ class ChatClient:
             if not stream:
                 return _parse_whole(resp, t0, out, self.read_timeout), None
             read_stream(resp, t0, out, self.read_timeout)
+            out["_ctype"] = resp.get("Content-Type") or ""
         finally:
             if sock is not None and self.read_timeout != self._header_sock_timeout:
                 try:
                     sock.settimeout(self._header_sock_timeout)  # it may go back to the pool
                 except OSError:
                     pass
-        if not out["success"] and not out["events"]:
-            ctype = resp.get("Content-Type") or ""
-            if "text/event-stream" not in ctype and out["error"].startswith("no SSE data"):
-                out["error"] = (f"not an SSE stream: HTTP 200 with Content-Type {ctype or '(none)'}: "
-                                f"{out['error'].partition(': ')[2][:120]}")
         return out, None
 
 
 def read_stream(resp, t0: float, out: dict, read_timeout: float) -> dict:
-    """Read an SSE body line by line as bytes arrive (one perf_counter() per line), then parse it.
+    """Read an SSE body line by line as bytes arrive (one perf_counter() per line); keep the raw
+    lines in `out` for `finish_stream` (parsing happens after the stream, see ChatClient.send).
 
     `resp` is a geventhttpclient response whose headers have been read; a gap longer than the socket's
     timeout (`read_timeout`) ends the stream as stalled; a broken connection keeps the events so far."""
@@ -234,12 +239,24 @@ def read_stream(resp, t0: float, out: dict, read_timeout: float) -> dict:
             broken = f"stalled: no byte for {read_timeout:g} s (--read-timeout)"
         else:
             broken = _describe(e)
+    out["_lines"], out["_t0"], out["_broken"] = lines, t0, broken
+    return out
+
+
+def finish_stream(out: dict) -> dict:
+    """Parse the raw lines `read_stream` kept and give the stream its verdict."""
+    lines, t0, broken = out.pop("_lines"), out.pop("_t0"), out.pop("_broken")
+    ctype = out.pop("_ctype", "text/event-stream")
     parse_stream(lines, t0, out)
     if broken:
         out["success"] = False
         n = len(out["events"])
         out["error"] = (f"{broken} after {n} events" if broken.startswith("stalled")
                         else f"stream broken after {n} events: {broken}")
+    elif not out["success"] and not out["events"]:
+        if "text/event-stream" not in ctype and out["error"].startswith("no SSE data"):
+            out["error"] = (f"not an SSE stream: HTTP 200 with Content-Type {ctype or '(none)'}: "
+                            f"{out['error'].partition(': ')[2][:120]}")
     return out
 
 

@@ -51,6 +51,8 @@ class RunConfig:
     steps: list = field(default_factory=list)
     step_time: float = 60.0
     request_rate: float = 0.0  # 0: closed loop
+    num_requests: int = 0      # 0: until -t (perf) or one pass (accuracy/all)
+    warmup: int = 0            # first requests sent but left out of the tables
     slo: dict = field(default_factory=dict)  # {"ttft"|"tpot"|"e2el": seconds}
     burstiness: float = 1.0
 
@@ -109,6 +111,8 @@ class RunConfig:
             sim_ttft_ms=_float(o, "sim_ttft_ms", 0.0),
             sim_itl_ms=_float(o, "sim_itl_ms", 0.0),
             request_rate=_float(o, "request_rate", 0.0) if _raw(o, "request_rate") else 0.0,
+            num_requests=_int(o, "num_requests", 0) if _raw(o, "num_requests") else 0,
+            warmup=_int(o, "warmup", 0) if _raw(o, "warmup") else 0,
             burstiness=_float(o, "burstiness", 0.0),
             slo=_slo(_raw(o, "slo") or ""),
         )
@@ -178,6 +182,10 @@ def add_arguments(parser) -> None:
         "the in-flight cap")
     add("--slo", default="", help="service-level objectives for goodput, e.g. ttft=500ms,tpot=50ms "
         "(ttft, tpot, e2el; units ms or s)")
+    add("--num-requests", default="", help="end the run after this many requests (then tables); "
+        "default: until -t, or one pass over the prompts in accuracy/all mode")
+    add("--warmup", default="", help="first N requests are sent but kept out of the tables "
+        "(stage 'warmup' in records.jsonl)")
     add("--burstiness", default="1", help="open loop arrival shape: 1 Poisson, <1 burstier, "
         ">1 smoother, 0 constant")
 

@@ -173,6 +173,9 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
             config = json.load(f)
     records, skipped = read_records(records_path)
     records, cancelled = split_cancelled(records)
+    warmup = [r for r in records if r.get("stage") == WARMUP]
+    if warmup:  # sent to warm the server up (--warmup): kept on disk, left out of the numbers
+        records = [r for r in records if r.get("stage") != WARMUP]
     cancelled_path = os.path.join(run_dir, CANCELLED_FILE)
     if os.path.isfile(cancelled_path):
         cancelled += read_records(cancelled_path)[0]
@@ -208,6 +211,9 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
 
 CANCELLED_FILE = "cancelled.jsonl"
 CANCELLED = "cancelled"  # the error prefix of a request cut short by the test stopping
+
+
+WARMUP = "warmup"
 
 
 def split_cancelled(records: list[dict]) -> tuple[list[dict], list[dict]]:

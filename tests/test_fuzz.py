@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmark import client
-from benchmark.client import _error_text, _http_error, parse_stream, read_stream
+from benchmark.client import _error_text, _http_error, finish_stream, parse_stream, read_stream
 from benchmark.records import new_record, read_records
 from benchmark.run import report
 
@@ -128,7 +128,7 @@ def receive(raw: bytes, cuts: list[int], block_size: int) -> tuple[dict, list[fl
     clock = Clock()
     with mock.patch.object(client, "perf_counter", clock):
         resp = HTTPSocketPoolResponse(PieceSocket(pieces, clock), NoPool(), block_size=block_size, method="POST")
-        out = read_stream(resp, 0.0, {"events": [], "success": False, "error": ""}, 300.0)
+        out = finish_stream(read_stream(resp, 0.0, {"events": [], "success": False, "error": ""}, 300.0))
     starts = [a for a, _ in zip(bounds, bounds[1:])]
     return out, starts
 

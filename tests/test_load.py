@@ -130,3 +130,16 @@ def test_run_reports_health_and_goodput(tmp_path, start_sim):
     assert "Client healthy" in res.stdout or "CLIENT-BOUND" in res.stdout
     common = json.load(open(perf_csv(run)[:-4] + ".json"))
     assert common["SLO Attainment"]["total"] == "100.0000 %"
+
+
+def test_num_requests_and_warmup(tmp_path, start_sim):
+    sim = start_sim("--ttft-ms", "10", "--itl-ms", "2")
+    res = run_locust(tmp_path, "--host", sim.url, "-u", "3", "-r", "3", "-t", "60s", "--max-out-len", "8",
+                     "--num-requests", "20", "--warmup", "4")
+    assert res.returncode == 0, res.stderr[-1500:]
+    (run,) = run_dirs(tmp_path)
+    records, _ = read_records(os.path.join(run, "records.jsonl"))
+    assert len(records) == 24  # the run ended by itself, long before -t
+    assert sum(r["stage"] == "warmup" for r in records) == 4
+    common = json.load(open(perf_csv(run)[:-4] + ".json"))
+    assert common["Total Requests"] == {"total": 20}  # warm-up requests are not measured
