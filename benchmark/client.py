@@ -44,6 +44,7 @@ def split_base_url(url: str) -> tuple[str, str]:
 
 
 # Errors that mean the request never reached a server that could answer it: safe to retry.
+STALE = (HTTPConnectionClosed, BrokenPipeError)  # a kept-alive socket the server closed (FIN, not RST)
 RETRYABLE = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
              HTTPConnectionClosed)
 BACKOFF_S = 0.25  # first wait before retrying a connection error (doubles per attempt, capped)
@@ -72,6 +73,7 @@ class ChatClient:
         self.retry_on_overload = retry_on_overload
         self.retry_max_wait = float(retry_max_wait)
         self.http = self._connect()
+        self._reused = False  # has the pool's connection carried a request already?
         self.prefix = prefix
         self.path = prefix + ("/v1/chat/completions" if chat else "/v1/completions")
         self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -88,6 +90,7 @@ class ChatClient:
 
     def _renew(self) -> None:
         """A fresh connection pool: after an interrupted request the old one may hold a dead socket."""
+        self._reused = False
         old, self.http = self.http, self._connect()
         try:
             old.close()
@@ -173,13 +176,22 @@ class ChatClient:
             out["error"] = f"timeout: no response headers within {self.timeout:g} s (--timeout)"
             return out, None
         except Exception as e:  # noqa: BLE001
+            reused = self._reused
             self._renew()
+            if reused and isinstance(e, STALE):
+                # A kept-alive connection the server had already closed (llama.cpp's server does that
+                # after every stream despite `Keep-Alive`): resend at once on a fresh one, as curl and
+                # urllib3 do, even without --retry; it counts in `attempts`, so it stays visible.
+                timer.close()
+                self.attempts += 1
+                return self._attempt(body, stream)
             why = ("the server closed the connection before answering" if isinstance(e, HTTPConnectionClosed)
                    else _describe(e))
             out["error"] = f"connection error: {why}"
             return out, self._backoff() if isinstance(e, RETRYABLE) else None
         finally:
             timer.close()
+        self._reused = True  # the pool keeps this connection for the next request
         status = out["http_status"] = resp.status_code
         if status != 200:
             try:

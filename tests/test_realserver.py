@@ -35,13 +35,10 @@ GSM8K = os.path.join(SHARED, "datasets", "gsm8k")
 ALIAS = "gemma"
 
 # llama-server (this build) closes the connection after every streamed answer although its headers say
-# "Keep-Alive: timeout=5, max=100": its chunked content provider returns false after sink.done(), which
-# cpp-httplib takes for an aborted response (curl shows "Connection died, retrying a fresh connect").
-# A user that sends its next request before that FIN has arrived writes it into a dead socket and gets
-# "connection error: the server closed the connection before answering" with no byte of answer: 7 of 28
-# requests of one user in 30 s, fewer with 4. The runs below pass --retry 2, which resends such a
-# request on a fresh connection (the record keeps the last attempt's times), so every request succeeds.
-RETRY = ("--retry", "2")
+# "Keep-Alive: timeout=5, max=100" (its chunked content provider returns false after sink.done(), which
+# cpp-httplib takes for an aborted response). A user's next request can go into that dead socket; the
+# client resends it at once on a fresh connection (as curl does), so no --retry is needed: every request
+# succeeds, and such a request shows attempts 2.
 
 
 def cached_paths() -> tuple[str, str]:
@@ -142,7 +139,7 @@ def check_run(res, tmp_path, server) -> tuple[str, list[dict]]:
 def test_perf_run_streams_tokens_usage_and_overlap(tmp_path, server):
     res = run_locust(tmp_path, "--host", server.url, "--model", "", "-u", "4", "-r", "4", "-t", "30s",
                      "--dataset", "synthetic", "--input-len", "fixed:128", "--max-out-len", "32",
-                     "--ignore-eos", *RETRY, timeout=150)
+                     "--ignore-eos", timeout=150)
     run, ok = check_run(res, tmp_path, server)
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["model"] == ALIAS  # --model "" asked /v1/models
@@ -176,7 +173,7 @@ def test_perf_run_streams_tokens_usage_and_overlap(tmp_path, server):
 def test_gsm8k_all_mode_scores_real_completions(tmp_path, server):
     res = run_locust(tmp_path, "--host", server.url, "--model", "", "-u", "4", "-r", "4", "-t", "300s",
                      "--mode", "all", "--dataset", "gsm8k", "--dataset-path", GSM8K, "--subset", "demo",
-                     "--max-out-len", "200", *RETRY, timeout=360)
+                     "--max-out-len", "200", timeout=360)
     run, ok = check_run(res, tmp_path, server)
     assert sorted(r["prompt_index"] for r in ok) == list(range(8))  # each prompt sent once
     assert all(r["finish_reason"] in ("stop", "length") for r in ok)

@@ -339,6 +339,15 @@ def test_fault_matrix(row, jobs):
     _, _, outcome, reason = ROWS[row]
     # the run went on after the faults (a first tokenizer load may block the no-usage run for seconds)
     assert len(res.records) >= (3 if outcome == OK else 6), res.why()
+    if row == "reset-before-headers":
+        # A reset on a kept-alive connection looks like a server that closed it while idle (llama.cpp's
+        # server does so after every stream): resent at once on a fresh one, visible as attempts 2.
+        # It fails only when the fresh connection is reset too (the unit test above covers that).
+        assert any(r["success"] and r["attempts"] == 2 for r in res.records), res.why()
+        for r in res.failed:
+            assert re.fullmatch(reason + r"(?: \(after 2 attempts\))?", r["error"]), r["error"]  # fresh or resent
+        check_normal([r for r in res.ok if r["attempts"] == 1])
+        return
     if outcome == FAIL:
         assert res.failed and res.ok, res.why()
         for r in res.failed:
