@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -61,3 +62,16 @@ def run_locust(out_dir, *args, timeout=120) -> subprocess.CompletedProcess:
 
 def run_dirs(out_dir) -> list[str]:
     return sorted(d for d in glob.glob(os.path.join(str(out_dir), "*")) if os.path.isdir(d))
+
+
+def wait_for_http(url: str, proc, timeout: float = 30, why=lambda: "") -> None:
+    """Until `url` answers; fails at once if `proc` (the server's process) exits first."""
+    import requests
+    deadline = time.time() + timeout
+    while True:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            assert time.time() < deadline and proc.poll() is None, why()
+            time.sleep(0.1)

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from benchmark.records import read_records
-from conftest import ROOT, free_port, locust_cmd, pid_alive, run_dirs, run_locust
+from conftest import ROOT, free_port, locust_cmd, pid_alive, run_dirs, run_locust, wait_for_http
 
 
 def token_times(rec):
@@ -172,14 +172,7 @@ def test_web_ui_start_stop_writes_a_run_folder(tmp_path):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     ui = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                requests.get(ui, timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.time() < deadline and proc.poll() is None, open(tmp_path / "locust.log").read()
-                time.sleep(0.2)
+        wait_for_http(ui, proc, why=lambda: open(tmp_path / "locust.log").read())
         r = requests.post(f"{ui}/swarm", data={"user_count": 3, "spawn_rate": 3}, timeout=10)
         assert r.json()["success"], r.text
         time.sleep(3)

@@ -24,7 +24,7 @@ from benchmark import simulator
 from benchmark.client import ChatClient, _retry_after_s, rejected_field
 from benchmark.records import new_record, read_records
 from benchmark.run import redact_command, report
-from conftest import ROOT, free_port, locust_cmd, pid_alive
+from conftest import ROOT, free_port, locust_cmd, pid_alive, wait_for_http
 
 SECRET = "sk-test-SECRET123"
 ENV_SECRET = "sk-env-SECRET456"
@@ -478,14 +478,7 @@ def _web_stop_job(out_dir):
     ui = f"http://127.0.0.1:{port}"
 
     def during(proc, info):
-        deadline = time.time() + 30
-        while True:
-            try:
-                requests.get(ui, timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.time() < deadline and proc.poll() is None
-                time.sleep(0.1)
+        wait_for_http(ui, proc)
         info["pages"] = [requests.get(ui + path, timeout=5).text for path in ("/", "/stats/requests")]
         assert requests.post(f"{ui}/swarm", data={"user_count": 3, "spawn_rate": 3}, timeout=10).json()["success"]
         _wait_lines(os.path.join(out_dir, "runs", "*", "records.jsonl"), 3, proc)

@@ -9,7 +9,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from benchmark import metrics
 from benchmark.records import RecordSink, new_record, read_records
