@@ -85,7 +85,7 @@ STREAM_FAULTS: dict[str, type | None] = {
     "non-sse": None,  # a plain JSON body although stream was asked
     "nospace-crlf": None,  # "data:{json}\r\n\r\n" with ": keep-alive" comments between events
     "empty-completion": None,  # role, finish, usage, [DONE]; no content
-    "usage-on-finish": None,  # usage rides on the finish chunk (llama.cpp style)
+    "usage-on-finish": None,  # usage rides on the finish chunk, as some servers send it
     "no-usage": None,  # never send usage
     "slow-first-byte": float,  # hold the headers back this many seconds
     "stall": float,  # after FEW chunks, pause this many seconds
