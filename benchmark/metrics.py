@@ -29,10 +29,14 @@ PERCENTILES = (50, 75, 90, 99)
 PERF_COLUMNS = ("Performance Parameters", "Stage", *STATS, "N")
 COMMON_COLUMNS = ("Common Metric", "Stage", "Value", "Unit")
 
-MS_METRICS = ("E2EL", "TTFT", "TPOT", "ITL")
+LATENCY_METRICS = ("E2EL", "TTFT", "TPOT", "ITL")
+# open loop only (records with t_sched): time an arrival waited at the client, and E2EL counted from
+# the scheduled time (vLLM's queue-inclusive latency)
+SCHED_METRICS = ("QueueDelay", "E2ELFromSched")
+MS_METRICS = (*LATENCY_METRICS, *SCHED_METRICS)
 TOKEN_METRICS = ("InputTokens", "OutputTokens")
 RATE_METRICS = ("OutputTokenThroughput", "PrefillTokenThroughput")
-PERF_METRICS = (*MS_METRICS, *TOKEN_METRICS, *RATE_METRICS)
+PERF_METRICS = (*LATENCY_METRICS, *TOKEN_METRICS, *RATE_METRICS, *SCHED_METRICS)
 
 COMMON_METRICS = (
     ("Benchmark Duration", "ms"),
@@ -85,9 +89,10 @@ class _Requests:
     stage: np.ndarray       # int codes into stage_names
     stage_names: list
     end: np.ndarray | None = None  # last event offset from t_send, s (NaN when no events)
+    t_sched: np.ndarray | None = None  # open loop: scheduled epoch s (None when no record has one)
 
 
-_FIELDS = ("t_send", "success", "input_tokens", "output_tokens", "stage", "events")
+_FIELDS = ("t_send", "success", "input_tokens", "output_tokens", "stage", "events", "t_sched")
 
 
 def _columns(records: list[dict]) -> list[tuple]:
@@ -103,7 +108,7 @@ def _columns(records: list[dict]) -> list[tuple]:
 
 def _requests(records: list[dict]) -> tuple[_Requests, list]:
     """Per-record arrays, and each record's event list."""
-    t_send, success, input_tokens, output_tokens, stage, events = _columns(records)
+    t_send, success, input_tokens, output_tokens, stage, events, t_sched = _columns(records)
     codes, names = pd.factorize(pd.Series([s or TOTAL for s in stage], dtype=object), sort=False)
     req = _Requests(
         t_send=np.array(t_send, dtype=np.float64),  # None -> NaN
@@ -112,6 +117,7 @@ def _requests(records: list[dict]) -> tuple[_Requests, list]:
         output_tokens=np.nan_to_num(np.array(output_tokens, dtype=np.float64), nan=0.0),
         stage=codes.astype(np.int32),
         stage_names=list(names),
+        t_sched=np.array(t_sched, dtype=np.float64) if any(t is not None for t in t_sched) else None,
     )
     return req, [ev or [] for ev in events]
 
@@ -289,9 +295,10 @@ def _aisbench_round(metric: str, values: list[float]) -> list[float]:
 
 
 def _perf_rows(stage: str, s: dict, profile: str, stream: bool) -> list[list]:
-    metrics = PERF_METRICS if profile == "default" else PERF_METRICS[:-1]
     rows = []
-    for metric in metrics:
+    for metric in PERF_METRICS:
+        if metric not in s or (profile == "aisbench" and metric == "PrefillTokenThroughput"):
+            continue  # open-loop rows only with scheduled times; AISBench has no per-request prefill
         samples, n = s[metric]
         if not stream and metric in ("TTFT", "TPOT", "ITL", "PrefillTokenThroughput"):
             values, n = [np.nan] * len(STATS), 0
@@ -392,7 +399,12 @@ def _stage_samples(smp: _Samples, req: _Requests, ok_sel: np.ndarray, gap_sel) -
     def finite(a):
         return a, int(np.isfinite(a).sum())
 
+    sched = {}
+    if req.t_sched is not None:
+        queue = req.t_send[ok_idx] - req.t_sched[ok_idx]
+        sched = {"QueueDelay": finite(queue), "E2ELFromSched": finite(queue + e2el)}
     return {
+        **sched,
         "E2EL": finite(e2el),
         "TTFT": finite(ttft),
         "TPOT": (smp.tpot[ok_sel], decoding),

@@ -171,7 +171,7 @@ def test_default_profile_per_request_metrics():
                   otp[1] + .8 * (otp[2] - otp[1]), otp[1] + .98 * (otp[2] - otp[1])], 3)
     pre = sorted([10 / .15, 20 / .20, 30 / .30])  # 66.67, 100, 100
     assert_stats(res, "PrefillTokenThroughput", [sum(pre) / 3, pre[0], 100, 100, 100, 100, 100], 3)
-    assert list(res.perf["Performance Parameters"]) == list(metrics.PERF_METRICS)
+    assert list(res.perf["Performance Parameters"]) == [m for m in metrics.PERF_METRICS if m not in metrics.SCHED_METRICS]
     assert list(res.perf.columns) == list(metrics.PERF_COLUMNS)
 
 
@@ -371,3 +371,16 @@ def test_failure_summary():
     assert len(df.iloc[3]["reason"]) == 120
     assert metrics.failure_summary([A]).empty
     assert list(metrics.failure_summary([]).columns) == ["reason", "count", "first_example"]
+
+
+def test_open_loop_rows_count_the_wait_at_the_client():
+    """Records with a scheduled time get QueueDelay and the queue-inclusive E2EL (vLLM's)."""
+    recs = [new_record(t_send=10.0 + i, t_sched=10.0 + i - d, success=True, output_tokens=2, input_tokens=4,
+                       events=[[0.1, "content", 1], [0.3, "content", 1]])
+            for i, d in enumerate((0.0, 0.02, 0.04))]
+    res = metrics.compute(recs)
+    rows = {r[0]: r for r in res.perf.itertuples(index=False)}
+    assert rows["QueueDelay"][2] == pytest.approx(20.0)       # Average, ms
+    assert rows["QueueDelay"][4] == pytest.approx(40.0)       # Max
+    assert rows["E2ELFromSched"][2] == pytest.approx(320.0)   # 300 ms E2EL + 20 ms average wait
+    assert "QueueDelay" not in set(metrics.compute([dict(r, t_sched=None) for r in recs]).perf.iloc[:, 0])
