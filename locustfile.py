@@ -180,8 +180,11 @@ def _on_test_start(environment, **_):
     if State.arrivals:
         State.arrivals.stop()
     State.arrivals = None
-    if cfg.request_rate and not State.collector:  # workers share the rate
-        State.arrivals = arrivals.Arrivals(cfg.request_rate / workers, cfg.burstiness, cfg.seed + index)
+    if (cfg.request_rate or cfg.ramp) and not State.collector:  # workers share the rate
+        ramp = cfg.ramp and (cfg.ramp["strategy"], cfg.ramp["start_rps"] / workers,
+                             cfg.ramp["end_rps"] / workers, cfg.ramp["seconds"])
+        State.arrivals = arrivals.Arrivals(cfg.request_rate / workers, cfg.burstiness, cfg.seed + index,
+                                           ramp=ramp or None)
         State.arrivals.start()
     users = environment.parsed_options.num_users
     extra = {"users": users, "steps": cfg.steps, "request_rate": cfg.request_rate}

@@ -20,20 +20,33 @@ from .options import ConfigError
 class Arrivals:
     """Scheduled send times, produced on absolute deadlines into a queue the users take from."""
 
-    def __init__(self, rate: float, burstiness: float = 1.0, seed: int = 0):
-        if rate <= 0:
+    def __init__(self, rate: float, burstiness: float = 1.0, seed: int = 0, ramp: tuple | None = None):
+        """ramp: (strategy, start_rps, end_rps, seconds): the rate goes from start to end over the run,
+        linearly or exponentially (vLLM's / AISBench's ramp-up), instead of the constant `rate`."""
+        if rate <= 0 and not ramp:
             raise ConfigError(f"--request-rate: must be > 0; got {rate!r}")
         if burstiness < 0:
             raise ConfigError(f"--burstiness: must be >= 0; got {burstiness!r}")
-        self.rate, self.burstiness = rate, burstiness
+        self.rate, self.burstiness, self.ramp = rate, burstiness, ramp
         self.rng = np.random.default_rng(seed)
         self.queue: Queue = Queue()
         self._greenlet = None
 
-    def gaps(self, n: int) -> np.ndarray:
+    def unit_gaps(self, n: int) -> np.ndarray:
+        """Inter-arrival times for a rate of 1/s: gamma with shape B and mean 1 (constant for B=0)."""
         if self.burstiness == 0:
-            return np.full(n, 1.0 / self.rate)
-        return self.rng.gamma(self.burstiness, 1.0 / (self.rate * self.burstiness), n)
+            return np.ones(n)
+        return self.rng.gamma(self.burstiness, 1.0 / self.burstiness, n)
+
+    def gaps(self, n: int) -> np.ndarray:
+        return self.unit_gaps(n) / self.rate
+
+    def rate_at(self, elapsed: float) -> float:
+        if not self.ramp:
+            return self.rate
+        strategy, start, end, seconds = self.ramp
+        p = min(1.0, max(0.0, elapsed / seconds))
+        return start + (end - start) * p if strategy == "linear" else start * (end / start) ** p
 
     def start(self) -> None:
         self.stop()
@@ -46,10 +59,10 @@ class Arrivals:
             self._greenlet = None
 
     def _run(self) -> None:
-        due = perf_counter()
+        t0 = due = perf_counter()
         while True:
-            for gap in self.gaps(1024):
-                due += gap
+            for unit in self.unit_gaps(1024):
+                due += unit / self.rate_at(due - t0)
                 gevent.sleep(max(0.0, due - perf_counter()))  # absolute deadlines: no drift
                 self.queue.put(epoch(due))
 

@@ -51,6 +51,7 @@ class RunConfig:
     steps: list = field(default_factory=list)
     step_time: float = 60.0
     request_rate: float = 0.0  # 0: closed loop
+    ramp: dict = field(default_factory=dict)  # open-loop rate ramp: strategy, start_rps, end_rps, seconds
     num_requests: int = 0      # 0: until -t (perf) or one pass (accuracy/all)
     warmup: int = 0            # first requests sent but left out of the tables
     slo: dict = field(default_factory=dict)  # {"ttft"|"tpot"|"e2el": seconds}
@@ -116,6 +117,8 @@ class RunConfig:
             burstiness=_float(o, "burstiness", 0.0),
             slo=_slo(_raw(o, "slo") or ""),
         )
+        if _raw(o, "ramp_up_strategy"):
+            cfg.ramp = _ramp(o)
         if _raw(o, "steps"):
             from .load import parse_step_time, parse_steps
             cfg.steps = parse_steps(_raw(o, "steps"))
@@ -182,6 +185,10 @@ def add_arguments(parser) -> None:
         "the in-flight cap")
     add("--slo", default="", help="service-level objectives for goodput, e.g. ttft=500ms,tpot=50ms "
         "(ttft, tpot, e2el; units ms or s)")
+    add("--ramp-up-strategy", default="", help="open-loop rate ramp over the whole run (-t): linear | "
+        "exponential, from --ramp-up-start-rps to --ramp-up-end-rps (vLLM's and AISBench's ramp-up)")
+    add("--ramp-up-start-rps", default="", help="request rate at the start of a --ramp-up-strategy ramp")
+    add("--ramp-up-end-rps", default="", help="request rate at the end of a --ramp-up-strategy ramp")
     add("--num-requests", default="", help="end the run after this many requests (then tables); "
         "default: until -t, or one pass over the prompts in accuracy/all mode")
     add("--warmup", default="", help="first N requests are sent but kept out of the tables "
@@ -265,3 +272,15 @@ def _slo(text: str) -> dict:
             raise ConfigError(f"--slo: expected limits like ttft=500ms,tpot=50ms (ttft, tpot, e2el); got {part!r}")
         out[name.lower()] = limit
     return out
+
+
+def _ramp(o) -> dict:
+    strategy = _raw(o, "ramp_up_strategy")
+    if strategy not in ("linear", "exponential"):
+        raise ConfigError(f"--ramp-up-strategy: expected linear or exponential, got {strategy!r}")
+    start = _number(o, "ramp_up_start_rps", float, 1e-9, "a request rate > 0")
+    end = _number(o, "ramp_up_end_rps", float, 1e-9, "a request rate > 0")
+    seconds = getattr(o, "run_time", None)
+    if not seconds:
+        raise ConfigError("--ramp-up-strategy: needs -t/--run-time, the time the ramp spans")
+    return {"strategy": strategy, "start_rps": start, "end_rps": end, "seconds": float(seconds)}

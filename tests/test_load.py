@@ -143,3 +143,29 @@ def test_num_requests_and_warmup(tmp_path, start_sim):
     assert sum(r["stage"] == "warmup" for r in records) == 4
     common = json.load(open(perf_csv(run)[:-4] + ".json"))
     assert common["Total Requests"] == {"total": 20}  # warm-up requests are not measured
+
+
+def test_rate_ramp_shapes():
+    lin = Arrivals(0, 1, ramp=("linear", 2.0, 10.0, 8.0))
+    assert [lin.rate_at(t) for t in (0, 4, 8, 20)] == [2.0, 6.0, 10.0, 10.0]
+    exp = Arrivals(0, 1, ramp=("exponential", 1.0, 16.0, 4.0))
+    assert [round(exp.rate_at(t), 9) for t in (0, 1, 2, 4)] == [1.0, 2.0, 4.0, 16.0]
+
+
+def test_linear_rate_ramp_run(tmp_path, start_sim):
+    sim = start_sim("--ttft-ms", "5", "--itl-ms", "1")
+    res = run_locust(tmp_path, "--host", sim.url, "-u", "8", "-r", "8", "-t", "4s", "--max-out-len", "4",
+                     "--ramp-up-strategy", "linear", "--ramp-up-start-rps", "5", "--ramp-up-end-rps", "25",
+                     "--burstiness", "0")
+    assert res.returncode == 0, res.stderr[-1500:]
+    (run,) = run_dirs(tmp_path)
+    records, _ = read_records(os.path.join(run, "records.jsonl"))
+    sched = np.array(sorted(r["t_sched"] for r in records))
+    first, second = np.sum(sched < sched[0] + 2), np.sum(sched >= sched[0] + 2)
+    assert 15 <= first <= 25 and 30 <= second <= 45, (first, second)  # 5->15 req/s, then 15->25
+
+
+def test_rate_ramp_needs_a_run_time(tmp_path):
+    res = run_locust(tmp_path, "-u", "1", "--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1",
+                     "--ramp-up-end-rps", "2", timeout=60)
+    assert res.returncode != 0 and "--run-time" in res.stderr.strip().splitlines()[-1]
