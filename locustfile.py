@@ -111,6 +111,12 @@ def _set_stage(name: str) -> None:
             State.collector.runner.send_message(distributed.STAGE, name)
 
 
+def _slo_share(stage: str) -> tuple[float, int]:
+    """(% of the stage's finished requests meeting every --slo limit, how many finished)."""
+    good, n = State.run.slo_tally.get(stage, (0, 0)) if State.run else (0, 0)
+    return (100.0 * good / n if n else 0.0), n
+
+
 def _set_shard(index: int, workers: int) -> None:
     State.shard = (index, max(1, workers))
 
@@ -138,13 +144,20 @@ def _on_init(environment, **_):
         RunConfig.from_options(environment.parsed_options)  # option errors before anything starts
         if not environment.host:
             o = environment.parsed_options
-            State.sim = simulator.start("--ttft-ms", str(o.sim_ttft_ms), "--itl-ms", str(o.sim_itl_ms))
+            State.sim = simulator.start("--ttft-ms", str(o.sim_ttft_ms), "--itl-ms", str(o.sim_itl_ms),
+                                        "--max-concurrency", str(o.sim_max_concurrency or 0))
             environment.host = State.sim.url
             print(f"No --host given: started the built-in simulator at {State.sim.url} "
                   f"(pid {State.sim.pid}, TTFT {o.sim_ttft_ms} ms, ITL {o.sim_itl_ms} ms)", flush=True)
         _prepare(environment)
-        if State.cfg.steps:
-            environment.shape_class = load.StepShape(State.cfg.steps, State.cfg.step_time, _set_stage)
+        cfg = State.cfg
+        if cfg.steps:
+            environment.shape_class = load.StepShape(cfg.steps, cfg.step_time, _set_stage)
+        elif cfg.search:
+            environment.shape_class = load.CapacitySearch(
+                cfg.step_time, _slo_share, _set_stage, cfg.slo_attainment, cfg.search_max_users,
+                report=lambda line: print(line, flush=True))
+        if environment.shape_class:
             environment.shape_class.runner = runner
     except (ConfigError, ClientError, datasets.DatasetError) as e:
         _die(str(e))
@@ -168,7 +181,7 @@ def _on_test_start(environment, **_):
     State.cursor = itertools.count()
     State.pass_done = False
     State.peak = State.active
-    if not cfg.steps:  # with steps, the shape's first tick (before this event) named the stage
+    if not (cfg.steps or cfg.search):  # a shape's first tick (before this event) named the stage
         State.stage = "total"
     index, workers = State.shard
     State.order = list(range(index, len(State.prompts), workers)) or [0]
@@ -221,9 +234,12 @@ def _on_test_stop(environment, **_):
         return
     client_health = State.collector.health if State.collector else {"local": own_health}
     o = environment.parsed_options
-    peak = max(State.cfg.steps) if State.cfg.steps else State.peak if not State.collector else o.num_users
+    shape = environment.shape_class
+    peak = (max(State.cfg.steps) if State.cfg.steps else max(u for u, *_ in shape.steps or [(1,)])
+            if State.cfg.search else State.peak if not State.collector else o.num_users)
     try:
-        run.finish(max_users=peak, client_health=client_health)
+        extra = {"capacity_search": {"users": shape.result, "steps": shape.steps}} if State.cfg.search else {}
+        run.finish(max_users=peak, client_health=client_health, **extra)
     except ReportError as e:
         log.error("llm-testing: %s", e)
 

@@ -81,7 +81,7 @@ class MasterCollector:
         if run is None:
             return  # a batch after the run ended: impossible once wait_for_workers returned
         for rec in msg.data:
-            run.sink.write(rec)
+            run.keep(rec)
         self.received += len(msg.data)
 
     def _on_done(self, environment, msg, **_):

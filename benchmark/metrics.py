@@ -379,6 +379,19 @@ def _common_rows(stage: str, req: _Requests, sel: np.ndarray, smp: _Samples, ok_
 SLO_METRICS = ("ttft", "tpot", "e2el")
 
 
+def record_meets_slo(rec: dict, slo: dict) -> bool:
+    """One record against {"ttft"|"tpot"|"e2el": seconds} (default profile definitions), for live
+    decisions such as the capacity search; the tables use the vectorised `_meets_slo`."""
+    if not rec["success"] or not rec["events"]:
+        return False
+    tokens = [e[0] for e in rec["events"] if e[1] in TOKEN_KINDS]
+    e2el = rec["events"][-1][0]
+    ttft = tokens[0] if tokens else float("inf")
+    n = rec["output_tokens"] or 0
+    values = {"ttft": ttft, "e2el": e2el, "tpot": (e2el - ttft) / (n - 1) if n > 1 and tokens else 0.0}
+    return all(values[name] <= limit for name, limit in slo.items())
+
+
 def _meets_slo(slo: dict, values: dict) -> np.ndarray:
     """Successful requests meeting every limit in `slo` ({"ttft": seconds, ...}); an unmeasured
     value (NaN, e.g. TTFT of a non-streaming request) does not meet it."""

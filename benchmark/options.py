@@ -49,6 +49,9 @@ class RunConfig:
     sim_ttft_ms: float = 100.0
     sim_itl_ms: float = 20.0
     steps: list = field(default_factory=list)
+    search: bool = False            # capacity search over user counts (needs --slo)
+    slo_attainment: float = 90.0    # % of requests that must meet every SLO for a step to pass
+    search_max_users: int = 1024
     step_time: float = 60.0
     request_rate: float = 0.0  # 0: closed loop
     ramp: dict = field(default_factory=dict)  # open-loop rate ramp: strategy, start_rps, end_rps, seconds
@@ -117,6 +120,14 @@ class RunConfig:
             burstiness=_float(o, "burstiness", 0.0),
             slo=_slo(_raw(o, "slo") or ""),
         )
+        if _bool(o, "capacity_search"):
+            from .load import parse_step_time
+            if not cfg.slo:
+                raise ConfigError("--capacity-search: needs --slo, e.g. --slo ttft=500ms,tpot=50ms")
+            cfg.search = True
+            cfg.step_time = parse_step_time(_raw(o, "step_time") or "60s")
+            cfg.slo_attainment = _number(o, "slo_attainment", float, 0.0, "a percentage")
+            cfg.search_max_users = _int(o, "search_max_users", 1)
         if _raw(o, "ramp_up_strategy"):
             cfg.ramp = _ramp(o)
         if _raw(o, "steps"):
@@ -178,6 +189,8 @@ def add_arguments(parser) -> None:
     add("--seed", default="0", help="random seed of synthetic prompts")
     add("--sim-ttft-ms", default="100", help="built-in simulator TTFT (used when no --host)")
     add("--sim-itl-ms", default="20", help="built-in simulator ITL (used when no --host)")
+    add("--sim-max-concurrency", default="0", help="built-in simulator: requests answered at once, "
+        "the rest queue (0: unlimited)")
     add("--steps", default="", help="step ramp: user counts held --step-time each, e.g. 8,16,32; "
         "tables get one row set per step")
     add("--step-time", default="60s", help="how long each --steps step lasts (e.g. 30s, 2m)")
@@ -189,6 +202,11 @@ def add_arguments(parser) -> None:
         "exponential, from --ramp-up-start-rps to --ramp-up-end-rps (vLLM's and AISBench's ramp-up)")
     add("--ramp-up-start-rps", default="", help="request rate at the start of a --ramp-up-strategy ramp")
     add("--ramp-up-end-rps", default="", help="request rate at the end of a --ramp-up-strategy ramp")
+    add("--capacity-search", action="store_true", default=False,
+        help="find the most users meeting --slo: double per --step-time until a step fails, then bisect")
+    add("--slo-attainment", default="90", help="capacity search: % of a step's requests that must meet "
+        "every --slo limit")
+    add("--search-max-users", default="1024", help="capacity search: stop doubling here")
     add("--num-requests", default="", help="end the run after this many requests (then tables); "
         "default: until -t, or one pass over the prompts in accuracy/all mode")
     add("--warmup", default="", help="first N requests are sent but kept out of the tables "

@@ -65,6 +65,7 @@ class Run:
         self.sink = sink
         self.seq = 0
         self._input_counts: dict[int, int] = {}
+        self.slo_tally: dict[str, list[int]] = {}  # stage -> [requests meeting every SLO, finished]
         self._cancel_sink = None  # cancelled.jsonl, opened at the first cancelled request
         self.cancelled_count = 0
 
@@ -80,8 +81,16 @@ class Run:
         self.seq += 1
         if rec["success"]:
             self._count_tokens(rec, usage, prompt)
-        self.sink.write(rec)
+        self.keep(rec)
         return rec
+
+    def keep(self, rec: dict) -> None:
+        """Write a finished record (this process's or a worker's) and tally it against --slo."""
+        self.sink.write(rec)
+        if self.cfg.slo and not rec["error"].startswith("cancelled"):
+            tally = self.slo_tally.setdefault(rec["stage"], [0, 0])
+            tally[0] += metrics.record_meets_slo(rec, self.cfg.slo)
+            tally[1] += 1
 
     def cancelled(self, result: dict, prompt: Prompt, worker: str, user: int, stage: str = "total") -> dict:
         """A request cut short by the test stopping: kept in cancelled.jsonl, never counted as a failure.

@@ -185,6 +185,7 @@ class Config:
     answers: list | None = None
     fault: tuple | None = None
     fault_every: int = 1
+    max_concurrency: int = 0  # answer slots, as a real server's batch; 0 = unlimited
 
 
 @dataclass
@@ -321,6 +322,7 @@ class Simulator:
         self.requests = 0
         self.model_json = json.dumps(cfg.model).encode()
         self.ticker: _Ticker | None = None
+        self.slots = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -418,6 +420,13 @@ class Simulator:
             await asyncio.sleep(plan.arg)
             t0 += plan.arg
 
+        if self.slots is None:
+            return await self.respond(request, plan, chat, t0)
+        async with self.slots:  # a full server queues the request: its TTFT includes the wait
+            return await self.respond(request, plan, chat, max(t0, _now()))
+
+    async def respond(self, request: web.Request, plan: Plan, chat: bool, t0: float) -> web.StreamResponse:
+        name = plan.fault
         cfg = self.cfg
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
@@ -559,6 +568,9 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--output-len", type=_positive_int, default=128,
                    help="tokens in an answer when the request does not force a length (default 128)")
     p.add_argument("--model", default="llm-sim", help="model id served (default llm-sim)")
+    p.add_argument("--max-concurrency", type=int, default=0, metavar="N",
+                   help="answer at most N requests at once and queue the rest, as a real server's slots "
+                        "do (default 0: unlimited)")
     p.add_argument("--answers", metavar="FILE",
                    help='jsonl of {"question", "completion"}: stream the completion of a matching question')
     p.add_argument("--fault", type=_fault, metavar="NAME[:ARG]", help=f"inject a fault: {FAULT_USAGE}")
@@ -573,7 +585,7 @@ def parse_args(argv: list[str] | None) -> Config:
             p.error(f"argument --answers: {exc}")
     return Config(host=a.host, port=a.port, ttft=a.ttft_ms / 1000, itl=a.itl_ms / 1000,
                   output_len=a.output_len, model=a.model, answers=answers, fault=a.fault,
-                  fault_every=a.fault_every)
+                  fault_every=a.fault_every, max_concurrency=max(0, a.max_concurrency))
 
 
 async def serve(cfg: Config) -> None:

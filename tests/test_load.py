@@ -169,3 +169,21 @@ def test_rate_ramp_needs_a_run_time(tmp_path):
     res = run_locust(tmp_path, "-u", "1", "--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1",
                      "--ramp-up-end-rps", "2", timeout=60)
     assert res.returncode != 0 and "--run-time" in res.stderr.strip().splitlines()[-1]
+
+
+def test_capacity_search_finds_the_largest_load_meeting_the_slo(tmp_path, start_sim):
+    """6 answer slots, 34 ms per answer: up to 6 users TTFT is 20 ms; beyond, some queue one answer."""
+    sim = start_sim("--ttft-ms", "20", "--itl-ms", "2", "--max-concurrency", "6")
+    res = run_locust(tmp_path, "--host", sim.url, "--capacity-search", "--slo", "ttft=45ms", "--step-time", "2s",
+                     "--max-out-len", "8", "--ignore-eos", timeout=120)
+    assert res.returncode == 0, res.stderr[-1500:]
+    (run,) = run_dirs(tmp_path)
+    search = json.load(open(os.path.join(run, "config.json")))["capacity_search"]
+    users = [s[0] for s in search["steps"]]
+    passed = {s[0]: s[3] for s in search["steps"]}
+    first_fail = next(i for i, s in enumerate(search["steps"]) if not s[3])
+    assert users[:first_fail + 1] == [2 ** i for i in range(first_fail + 1)]  # doubling up to a failure
+    best = search["users"]
+    assert passed[best] and passed.get(best + 1) is False  # bisected down to neighbours
+    assert 6 <= best < 12  # 6 slots: 6 users never queue; 12 users always queue a whole answer
+    assert f"largest load meeting the SLO in >= 90 % of requests: {best} users ({best + 1} users failed)" in res.stdout
