@@ -193,6 +193,7 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
                               stream=config.get("stream", True), slo=config.get("slo") or None)
     perf_dir = os.path.join(run_dir, "performances", config.get("model_abbr", "model"))
     csv_path, json_path = tables.write(results, perf_dir, config.get("dataset_abbr", "dataset"))
+    curve_path = tables.write_curve(results, perf_dir, config.get("dataset_abbr", "dataset"))
     if echo:
         print(tables.console(results))
         failures = failure_text(records)
@@ -209,6 +210,8 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
         if skipped:
             print(f"note: {skipped} unreadable line(s) in records.jsonl skipped (cut short by a crash?)")
         print(f"Results written to {csv_path} and {json_path}")
+        if curve_path:
+            print(f"Latency vs throughput per stage written to {curve_path}")
     if html:
         from .report import render
         path = render(run_dir, html if isinstance(html, str) else None, records=records, results=results,

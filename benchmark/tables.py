@@ -13,6 +13,7 @@ import json
 import math
 import os
 
+import pandas as pd
 from tabulate import tabulate
 
 from .metrics import COUNT_METRICS, MS_METRICS, PERF_COLUMNS, RATE_METRICS, Results
@@ -100,3 +101,32 @@ def write(results: Results, perf_dir: str, dataset: str) -> tuple[str, str]:
         json.dump(common_dict(results), f, indent=4, ensure_ascii=False)
     return csv_path, json_path
 
+
+
+def curve(results: Results) -> pd.DataFrame | None:
+    """Latency against throughput, one row per stage (steps, capacity-search steps); None without stages."""
+    stages = [s for s in dict.fromkeys(results.perf["Stage"]) if s != "total"]
+    if not stages:
+        return None
+    perf = results.perf.set_index(["Performance Parameters", "Stage"])
+    common = results.common.set_index(["Common Metric", "Stage"])["Value"]
+    rows = []
+    for stage in stages:
+        row = {"stage": stage, "peak_in_flight": common[("Peak In-Flight", stage)],
+               "request_throughput_req_s": common[("Request Throughput", stage)],
+               "output_token_throughput_token_s": common[("Output Token Throughput", stage)]}
+        for metric in ("TTFT", "TPOT", "ITL", "E2EL"):
+            for stat in ("Median", "P90", "P99"):
+                row[f"{metric}_{stat}_ms".lower()] = perf.loc[(metric, stage), stat]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_curve(results: Results, perf_dir: str, dataset: str) -> str | None:
+    """<perf_dir>/<dataset>_curve.csv when the run has stages; its path, or None."""
+    table = curve(results)
+    if table is None:
+        return None
+    path = os.path.join(perf_dir, f"{dataset}_curve.csv")
+    table.to_csv(path, index=False, float_format="%.4f")
+    return path

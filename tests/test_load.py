@@ -15,7 +15,7 @@ from conftest import run_dirs, run_locust
 
 
 def perf_csv(run):
-    (path,) = glob.glob(os.path.join(run, "performances", "*", "*.csv"))
+    (path,) = [p for p in glob.glob(os.path.join(run, "performances", "*", "*.csv")) if not p.endswith("_curve.csv")]
     return path
 
 
@@ -42,6 +42,12 @@ def test_step_ramp_splits_tables_by_stage(tmp_path, start_sim):
     common = json.load(open(perf_csv(run)[:-4] + ".json"))
     assert common["Peak In-Flight"]["step1-1u"] == 1 and common["Peak In-Flight"]["step2-3u"] == 3
     assert common["Max Concurrency"]["total"] == 3
+    # the latency-vs-throughput curve, one row per step
+    with open(os.path.join(os.path.dirname(perf_csv(run)), "synthetic_curve.csv")) as f:
+        curve = list(csv.DictReader(f))
+    assert [c["stage"] for c in curve] == ["step1-1u", "step2-3u"]
+    assert float(curve[1]["request_throughput_req_s"]) > 2 * float(curve[0]["request_throughput_req_s"])
+    assert float(curve[0]["ttft_median_ms"]) > 10
 
 
 def test_open_loop_rate_keeps_scheduled_times(tmp_path, start_sim):
