@@ -306,3 +306,18 @@ def test_errors(tmp_path, capsys):
     assert str(e.value) == ("records of dataset synthetic carry no reference answers; accuracy needs "
                             "--dataset gsm8k or a custom file with answers")
     assert "\n" not in str(e.value)
+
+
+def test_warmup_and_cancelled_records_are_not_samples(tmp_path):
+    import json as _json
+    from benchmark.accuracy import score_run
+    from benchmark.records import new_record
+    recs = [new_record(prompt_index=0, success=True, completion="The answer is 4", reference="#### 4"),
+            new_record(prompt_index=1, success=True, completion="The answer is 5", reference="#### 4",
+                       stage="warmup"),
+            new_record(prompt_index=2, success=False, error="cancelled: the test stopped", reference="#### 4")]
+    (tmp_path / "records.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in recs))
+    (tmp_path / "config.json").write_text(_json.dumps({"model_abbr": "m", "dataset": "gsm8k"}))
+    result = score_run(str(tmp_path), echo=False)
+    assert result.stages.loc["total", "samples"] == 1
+    assert result.stages.loc["total", "accuracy"] == 100.0

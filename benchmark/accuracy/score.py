@@ -216,6 +216,9 @@ def score_run(run_dir: str, progress: bool = False, echo: bool = True) -> Accura
         raise AccuracyError(f"{run_dir}: no records.jsonl here; pass a run folder like reports/20260101_120000")
     config = _read_config(run_dir)
     records, skipped = read_records(records_path)
+    # warm-up requests (--warmup) and requests cut short by the test stopping are not samples
+    records = [r for r in records if r.get("stage") != "warmup"
+               and not (r.get("error") or "").startswith("cancelled")]
     if not records:
         raise AccuracyError(f"{records_path}: no records to score")
     dataset = (config.get("dataset_abbr") or config.get("dataset")
