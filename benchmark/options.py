@@ -193,7 +193,7 @@ def add_arguments(parser) -> None:
         "the rest queue (0: unlimited)")
     add("--steps", default="", help="step ramp: user counts held --step-time each, e.g. 8,16,32; "
         "tables get one row set per step")
-    add("--step-time", default="60s", help="how long each --steps step lasts (e.g. 30s, 2m)")
+    add("--step-time", default="60s", help="how long each --steps or --capacity-search step lasts (e.g. 30s, 2m)")
     add("--request-rate", default="", help="open loop: requests/s (gamma arrivals); -u is then "
         "the in-flight cap")
     add("--slo", default="", help="service-level objectives for goodput, e.g. ttft=500ms,tpot=50ms "
