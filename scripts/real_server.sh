@@ -52,6 +52,10 @@ if [[ ! -x "$BIN" ]]; then
     # The llama.cpp tree inside the package: the directory whose CMakeLists.txt defines llama.cpp.
     TREE=$(dirname "$(grep -l 'project("llama.cpp"' $(find "$SRC" -maxdepth 4 -name CMakeLists.txt) | head -n1)")
     [[ -d "$TREE" ]] || { log "no llama.cpp tree found in $SDIST"; exit 1; }
+    # the compilers and build tools, from Debian, where this machine lacks them
+    if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null || ! command -v g++ >/dev/null; then
+        apt-get update -qq >&2 && apt-get install -y -qq cmake ninja-build g++ >&2
+    fi
     log "building llama-server from $TREE with -j $JOBS (about 14 minutes on 2 cores)"
     start=$(date +%s)
     cmake -S "$TREE" -B "$WORK/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
