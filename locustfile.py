@@ -233,15 +233,22 @@ def _on_test_stop(environment, **_):
         run.finish()
         return
     client_health = State.collector.health if State.collector else {"local": own_health}
-    o = environment.parsed_options
     shape = environment.shape_class
-    peak = (max(State.cfg.steps) if State.cfg.steps else max(u for u, *_ in shape.steps or [(1,)])
-            if State.cfg.search else State.peak if not State.collector else o.num_users)
+    extra = {"capacity_search": {"users": shape.result, "steps": shape.steps}} if State.cfg.search else {}
     try:
-        extra = {"capacity_search": {"users": shape.result, "steps": shape.steps}} if State.cfg.search else {}
-        run.finish(max_users=peak, client_health=client_health, **extra)
+        run.finish(max_users=_peak_users(environment), client_health=client_health, **extra)
     except ReportError as e:
         log.error("llm-testing: %s", e)
+
+
+def _peak_users(environment) -> int:
+    """The run's Max Concurrency: the largest user count asked for (a master runs no users itself)."""
+    cfg, shape = State.cfg, environment.shape_class
+    if cfg.steps:
+        return max(cfg.steps)
+    if cfg.search:
+        return max((users for users, *_ in shape.steps), default=1)
+    return environment.parsed_options.num_users if State.collector else State.peak
 
 
 @events.quit.add_listener  # not `quitting`: that fires before the users stop

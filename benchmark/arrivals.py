@@ -38,9 +38,6 @@ class Arrivals:
             return np.ones(n)
         return self.rng.gamma(self.burstiness, 1.0 / self.burstiness, n)
 
-    def gaps(self, n: int) -> np.ndarray:
-        return self.unit_gaps(n) / self.rate
-
     def rate_at(self, elapsed: float) -> float:
         if not self.ramp:
             return self.rate

@@ -62,7 +62,6 @@ class MasterCollector:
         self.done: set[str] = set()
         self.health: dict[str, dict] = {}  # worker -> its client health
         self.passes_done: set[str] = set()
-        self.received = 0
         runner.register_message(RECORDS, self._on_records)
         runner.register_message(DONE, self._on_done)
         runner.register_message(PASS_DONE, self._on_pass_done)
@@ -73,7 +72,6 @@ class MasterCollector:
         self.done.clear()
         self.health.clear()
         self.passes_done.clear()
-        self.received = 0
         self.runner.send_message(SHARD, {"workers": self.runner.worker_count})
 
     def _on_records(self, environment, msg, **_):
@@ -82,7 +80,6 @@ class MasterCollector:
             return  # a batch after the run ended: impossible once wait_for_workers returned
         for rec in msg.data:
             run.keep(rec)
-        self.received += len(msg.data)
 
     def _on_done(self, environment, msg, **_):
         self.done.add(msg.node_id)

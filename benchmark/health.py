@@ -48,14 +48,14 @@ class HealthMonitor:
                 "loop_lag_max_ms": round(float(lags.max()), 3), "seconds": round(wall, 1)}
 
 
-def sched_lag_ms(records: list[dict]) -> dict:
-    """Open loop: how long arrivals waited at the client before being sent."""
-    lag = [r["t_send"] - r["t_sched"] for r in records if r.get("t_sched") is not None and r.get("t_send")]
-    if not lag:
+def sched_lag_ms(results) -> dict:
+    """Open loop: how long arrivals waited at the client before being sent (the tables' QueueDelay)."""
+    perf = results.perf
+    row = perf[(perf["Performance Parameters"] == "QueueDelay") & (perf["Stage"] == "total")]
+    if row.empty or not row["N"].iloc[0]:
         return {}
-    lag = np.array(lag) * 1000
-    return {"sched_lag_p50_ms": round(float(np.percentile(lag, 50)), 3),
-            "sched_lag_p99_ms": round(float(np.percentile(lag, 99)), 3)}
+    return {"sched_lag_p50_ms": round(float(row["Median"].iloc[0]), 3),
+            "sched_lag_p99_ms": round(float(row["P99"].iloc[0]), 3)}
 
 
 def verdict(processes: dict[str, dict]) -> tuple[bool, str]:

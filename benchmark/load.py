@@ -98,7 +98,7 @@ class CapacitySearch(LoadTestShape):
         if self.bad is None:
             nxt = self.users * 2
             if nxt > self.max_users:
-                return self._finish(f"still meeting the SLO at the --search-max-users cap")
+                return self._finish("still meeting the SLO at the --search-max-users cap")
         else:
             nxt = (self.good + self.bad) // 2
             if nxt <= self.good:

@@ -156,13 +156,13 @@ class Run:
         return results
 
 
-def health_line(config: dict, records: list[dict]) -> str:
+def health_line(config: dict, results: metrics.Results) -> str:
     """Whether the client itself was the bottleneck (CPU, event-loop lag, open-loop send lag)."""
     processes = config.get("client_health") or {}
     if not processes:
         return "Client health: not measured (run made before the test stopped cleanly)"
     client_bound, line = health.verdict(processes)
-    lag = health.sched_lag_ms(records)
+    lag = health.sched_lag_ms(results)
     if lag:
         line += f"; open-loop send lag p50 {lag['sched_lag_p50_ms']:.1f} ms, p99 {lag['sched_lag_p99_ms']:.1f} ms"
     return line
@@ -205,7 +205,7 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
         verdict = outcome_line(records, cancelled)
         if verdict:
             print(verdict)
-        print(health_line(config, records))
+        print(health_line(config, results))
         print(tokens.source_summary(records, config.get("tokenizer")))
         if skipped:
             print(f"note: {skipped} unreadable line(s) in records.jsonl skipped (cut short by a crash?)")

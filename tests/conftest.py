@@ -60,6 +60,12 @@ def run_locust(out_dir, *args, timeout=120) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=ROOT)
 
 
+def perf_csv(run: str) -> str:
+    """The run's per-request table (performances/<model_abbr>/<dataset>.csv; not the stage curve)."""
+    (path,) = [p for p in glob.glob(os.path.join(run, "performances", "*", "*.csv")) if not p.endswith("_curve.csv")]
+    return path
+
+
 def run_dirs(out_dir) -> list[str]:
     return sorted(d for d in glob.glob(os.path.join(str(out_dir), "*")) if os.path.isdir(d))
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import os
 import re
@@ -15,18 +14,14 @@ from benchmark import datasets, tokens
 from benchmark.options import RunConfig
 from benchmark.records import read_records
 from benchmark.run import build_body
-from conftest import ROOT, SHARED, run_dirs, run_locust
+from conftest import ROOT, SHARED, perf_csv, run_dirs, run_locust
 
 GSM8K = os.path.join(SHARED, "datasets", "gsm8k")
 
 
 def perf_rows(run):
-    (path,) = glob.glob(os.path.join(run, "performances", "*", "*.csv"))
+    path = perf_csv(run)
     return path, {r[0]: r for r in csv.reader(open(path))}
-
-
-def word_count(messages):
-    return sum(len(m["content"].split()) for m in messages)
 
 
 def test_synthetic_input_lengths_reach_the_tables(tmp_path, start_sim):

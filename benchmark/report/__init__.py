@@ -87,7 +87,7 @@ def context(run_dir: str, records: list[dict], results: metrics.Results, config:
         "timeline": plots.timeline(data),
         "lvt": plots.latency_vs_throughput(perf, common, stages),
         "failures": failures(records),
-        "health": client_health(run_dir, config, records),
+        "health": client_health(run_dir, config, results),
         "samples": samples(records),
         "skipped": skipped,
         "profile": results.profile,
@@ -235,7 +235,7 @@ def failures(records: list[dict]) -> list[dict]:
     return df.to_dict("records")
 
 
-def client_health(run_dir: str, config: dict, records: list[dict] | None = None):
+def client_health(run_dir: str, config: dict, results: metrics.Results | None = None):
     """What the run recorded about the load generator itself (config `client_health`: process -> its
     CPU %, event-loop lag, ...; or a client_health.json beside it), with the verdict; None when absent."""
     health = config.get("client_health")
@@ -255,7 +255,7 @@ def client_health(run_dir: str, config: dict, records: list[dict] | None = None)
         try:
             from ..health import sched_lag_ms, verdict
             out["bound"], out["verdict"] = verdict(health)
-            out["extra"] = list(sched_lag_ms(records or []).items())
+            out["extra"] = list(sched_lag_ms(results).items()) if results is not None else []
         except Exception:  # noqa: BLE001 - the verdict is a nicety; the numbers are shown regardless
             pass
     elif isinstance(health, dict):
