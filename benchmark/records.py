@@ -11,7 +11,7 @@ import os
 FIELDS = (
     "id", "worker", "user", "stage", "dataset", "prompt_index", "t_sched", "t_send", "events",
     "input_tokens", "output_tokens", "token_source", "completion", "reasoning", "finish_reason",
-    "reference", "success", "error", "http_status", "attempts",
+    "reference", "success", "error", "http_status", "attempts", "request_id",
 )
 
 # event kinds, as DESIGN.md names them

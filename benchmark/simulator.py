@@ -186,6 +186,7 @@ class Config:
     fault: tuple | None = None
     fault_every: int = 1
     max_concurrency: int = 0  # answer slots, as a real server's batch; 0 = unlimited
+    trace: str | None = None  # file to append each streamed answer's real write times to
 
 
 @dataclass
@@ -224,11 +225,12 @@ class BadRequest(ValueError):
 class _Stream:
     """One streaming answer: its socket, its arrival time and the iterator of (offset_s, bytes) events."""
 
-    __slots__ = ("transport", "t0", "events", "pending", "chunked", "done")
+    __slots__ = ("transport", "t0", "events", "pending", "chunked", "done", "written")
 
-    def __init__(self, transport, t0: float, events, chunked: bool, done: asyncio.Future):
+    def __init__(self, transport, t0: float, events, chunked: bool, done: asyncio.Future, traced: bool = False):
         self.transport, self.t0, self.events, self.chunked, self.done = transport, t0, events, chunked, done
         self.pending = next(events, None)
+        self.written = [] if traced else None  # --trace: when each event really left
 
     def first_deadline(self) -> float | None:
         if self.pending is None:
@@ -262,6 +264,8 @@ class _Stream:
         self.pending = ev
         if parts:
             self._write(parts, size)
+            if self.written is not None:
+                self.written += [_now()] * len(parts)
         if ev is None:
             self.finish()
             return None
@@ -323,6 +327,7 @@ class Simulator:
         self.model_json = json.dumps(cfg.model).encode()
         self.ticker: _Ticker | None = None
         self.slots = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
+        self.trace_fd = os.open(cfg.trace, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if cfg.trace else None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -403,7 +408,7 @@ class Simulator:
                     n=n, finish=finish, prompt_tokens=prompt_tokens, canned=canned, fault=name, arg=arg)
 
     async def answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        t0 = _now()  # every deadline of this answer counts from here
+        t0 = request["arrival"] = _now()  # every deadline of this answer counts from here
         try:
             fault = self.pick_fault(request)
             plan = self.plan(await request.json(), chat, fault)
@@ -445,9 +450,22 @@ class Simulator:
         done = loop.create_future()
         if self.ticker is None:
             self.ticker = _Ticker(loop)
-        self.ticker.add(_Stream(request.transport, t0, self.events(plan, rid, created), writer.chunked, done))
+        stream = _Stream(request.transport, t0, self.events(plan, rid, created), writer.chunked, done,
+                         traced=self.trace_fd is not None)
+        self.ticker.add(stream)
         await done
+        if self.trace_fd is not None:
+            self.write_trace(request, plan, stream.written)
         return resp  # aiohttp ends the chunked body (or notices the reset) after we return
+
+    def write_trace(self, request: web.Request, plan: Plan, written: list[float]) -> None:
+        """One line of server-side truth: arrival (epoch s) and when each content token was written,
+        s after arrival."""
+        first = 1 if plan.chat else 0  # a chat answer's first event is the role chunk
+        arrival = request["arrival"]
+        line = {"request_id": request.headers.get("X-Request-Id"), "arrival": time.time() - (_now() - arrival),
+                "tokens": [round(t - arrival, 7) for t in written[first:first + plan.n]]}
+        os.write(self.trace_fd, (json.dumps(line) + "\n").encode())
 
     def full_body(self, plan: Plan, rid: str, created: int) -> dict:
         text = "".join(plan.token(i) for i in range(plan.n))
@@ -576,6 +594,9 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--fault", type=_fault, metavar="NAME[:ARG]", help=f"inject a fault: {FAULT_USAGE}")
     p.add_argument("--fault-every", type=_positive_int, default=1, metavar="N",
                    help="apply --fault to every Nth request (default 1: all)")
+    p.add_argument("--trace", metavar="FILE",
+                   help="append a JSON line per streamed answer: its X-Request-Id and when each content "
+                        "token was really written, s after the request arrived (server-side truth)")
     a = p.parse_args(argv)
     answers = None
     if a.answers:
@@ -585,7 +606,7 @@ def parse_args(argv: list[str] | None) -> Config:
             p.error(f"argument --answers: {exc}")
     return Config(host=a.host, port=a.port, ttft=a.ttft_ms / 1000, itl=a.itl_ms / 1000,
                   output_len=a.output_len, model=a.model, answers=answers, fault=a.fault,
-                  fault_every=a.fault_every, max_concurrency=max(0, a.max_concurrency))
+                  fault_every=a.fault_every, max_concurrency=max(0, a.max_concurrency), trace=a.trace)
 
 
 async def serve(cfg: Config) -> None:

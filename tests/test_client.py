@@ -107,3 +107,27 @@ def test_split_base_url(url, expected):
 def test_split_base_url_rejects_other_schemes():
     with pytest.raises(ClientError, match="--host"):
         split_base_url("ftp://x")
+
+
+def test_idle_connection_check_answers_without_yielding():
+    """Reusing a kept-alive connection must not switch greenlets between t_send and the send: the
+    check asks the kernel directly (gevent's select(timeout=0) yields, and so delayed every request)."""
+    import gevent
+    from gevent import socket
+
+    from benchmark.client import _idle_socket_alive
+
+    ours, server = socket.socketpair()
+    ran = []
+    gevent.spawn(ran.append, True)  # runs at the first switch to the hub
+    assert _idle_socket_alive(ours)  # idle, nothing to read: reusable
+    assert not ran, "the check yielded to the hub"
+    server.sendall(b"x")
+    assert not _idle_socket_alive(ours)  # stray bytes: dirty
+    ours.recv(1)
+    server.close()
+    assert not _idle_socket_alive(ours)  # EOF: the server closed it
+    ours.close()
+    assert not _idle_socket_alive(ours)  # closed here
+    gevent.sleep(0)
+    assert ran

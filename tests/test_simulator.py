@@ -191,6 +191,29 @@ def test_timing_ttft_and_itl():
         assert 380 <= statistics.median(lasts) <= 385, lasts  # absolute deadlines: no drift
 
 
+def test_trace_is_server_side_truth_keyed_by_request_id(tmp_path):
+    """--trace writes, per answer, the X-Request-Id the client sent and when each token really left."""
+    from benchmark.client import ChatClient
+    from benchmark.records import TOKEN_KINDS
+    trace = tmp_path / "trace.jsonl"
+    with start("--ttft-ms", "50", "--itl-ms", "10", "--trace", str(trace)) as proc:
+        client = ChatClient(proc.url)
+        payload = json.dumps(body(max_tokens=6, ignore_eos=True)).encode()
+        outs = [client.send(payload) for _ in range(2)]
+        deadline = time.monotonic() + 5
+        while len(trace.read_text().splitlines()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the line is written once the answer has ended
+    lines = {d["request_id"]: d["tokens"] for d in map(json.loads, trace.read_text().splitlines())}
+    assert set(lines) == {o["request_id"] for o in outs} and len(lines) == 2  # distinct ids, both traced
+    for out in outs:
+        tokens = lines[out["request_id"]]
+        assert len(tokens) == 6
+        assert 0.050 <= tokens[0] < 0.065, tokens
+        assert all(t >= 0.050 + 0.010 * i - 1e-4 for i, t in enumerate(tokens)), tokens  # never early
+        client_tokens = [e[0] for e in out["events"] if e[1] in TOKEN_KINDS]
+        assert client_tokens[0] >= tokens[0]  # the client sent before arrival and read after the write
+
+
 # ---------------------------------------------------------------- faults
 
 
