@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import heapq
 import itertools
 import json
@@ -621,6 +622,9 @@ async def serve(cfg: Config) -> None:
             sys.stderr.write(f"{PROG}: error: argument --port: cannot listen on {cfg.host}:{cfg.port}: "
                              f"{exc.strerror or exc}\n")
             raise SystemExit(2) from None
+        # full garbage collections would walk aiohttp's start-up objects mid-test and delay due tokens
+        gc.collect()
+        gc.freeze()
         port = runner.addresses[0][1]
         host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
         print(f"LLM simulator listening on http://{host}:{port} (model {cfg.model}, "
