@@ -1,7 +1,8 @@
 """Metric maths over request records: per-request latencies, their statistics and the common metrics.
 
-Pure numpy/pandas. Records are flattened once into flat arrays (one offset per SSE event, with the
-events of each request contiguous); every metric is then a vectorised operation over those arrays.
+Pure numpy/pandas, over a run's Columns (columns.py: per-request arrays, and one offset and kind per
+SSE event with the events of each request contiguous); every metric is a vectorised operation over
+those arrays.
 
 Two profiles:
 - `default`: DESIGN.md. TTFT = first content/reasoning event; ITL = gaps between consecutive
@@ -15,12 +16,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from itertools import chain
-from operator import itemgetter
 
 import numpy as np
 import pandas as pd
 
+from .columns import TOKEN_CODES, Columns, from_records
 from .records import TOKEN_KINDS
 
 PROFILES = ("default", "aisbench")
@@ -61,9 +61,6 @@ COUNT_METRICS = frozenset({
 })
 
 TOTAL = "total"
-# kinds that carry generated text (records.TOKEN_KINDS); a set's __contains__ is the cheapest exact
-# per-event test, and the per-event passes are what dominates at a million records
-_IS_TOKEN_KIND = frozenset(TOKEN_KINDS).__contains__
 
 
 @dataclass
@@ -79,6 +76,12 @@ class Results:
 # flattening
 
 
+def _requests(cols: Columns) -> _Requests:
+    return _Requests(t_send=cols.t_send, success=cols.success, input_tokens=cols.input_tokens,
+                     output_tokens=cols.output_tokens, stage=cols.stage, stage_names=cols.stage_names,
+                     t_sched=cols.t_sched)
+
+
 @dataclass
 class _Requests:
     """One entry per record."""
@@ -92,57 +95,14 @@ class _Requests:
     t_sched: np.ndarray | None = None  # open loop: scheduled epoch s (None when no record has one)
 
 
-_FIELDS = ("t_send", "success", "input_tokens", "output_tokens", "stage", "events", "t_sched")
-
-
-def _columns(records: list[dict]) -> list[tuple]:
-    """The fields metrics need, one tuple per field, read in a single pass over the records."""
-    if not records:
-        return [()] * len(_FIELDS)
-    try:
-        rows = list(map(itemgetter(*_FIELDS), records))  # records from new_record() have every field
-    except KeyError:
-        rows = [tuple(map(r.get, _FIELDS)) for r in records]
-    return list(zip(*rows))
-
-
-def _requests(records: list[dict]) -> tuple[_Requests, list]:
-    """Per-record arrays, and each record's event list."""
-    t_send, success, input_tokens, output_tokens, stage, events, t_sched = _columns(records)
-    codes, names = pd.factorize(pd.Series([s or TOTAL for s in stage], dtype=object), sort=False)
-    req = _Requests(
-        t_send=np.array(t_send, dtype=np.float64),  # None -> NaN
-        success=np.array(success, dtype=bool),
-        input_tokens=np.nan_to_num(np.array(input_tokens, dtype=np.float64), nan=0.0),
-        output_tokens=np.nan_to_num(np.array(output_tokens, dtype=np.float64), nan=0.0),
-        stage=codes.astype(np.int32),
-        stage_names=list(names),
-        t_sched=np.array(t_sched, dtype=np.float64) if any(t is not None for t in t_sched) else None,
-    )
-    return req, [ev or [] for ev in events]
-
-
-def _ends(req: _Requests, events: list[list], e2el: np.ndarray) -> np.ndarray:
-    """Last event offset of every record: successes from the flattened arrays, failures here (few)."""
-    end = np.full(req.success.size, np.nan)
-    end[req.success] = e2el
-    failed = np.flatnonzero(~req.success)
-    end[failed] = [events[i][-1][0] if events[i] else np.nan for i in failed]
-    return end
-
-
-def _flatten(events: list[list], with_kinds: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Event counts per request, all offsets back to back, and (optionally) a token-kind mask.
-
-    This is the only per-event Python work: one C-level pass per field (fromiter over map/itemgetter)."""
-    counts = np.fromiter(map(len, events), dtype=np.int64, count=len(events))
-    total = int(counts.sum())
-    offsets = np.fromiter(map(itemgetter(0), chain.from_iterable(events)), dtype=np.float64, count=total)
-    token = None
-    if with_kinds:
-        token = np.fromiter(map(_IS_TOKEN_KIND, map(itemgetter(1), chain.from_iterable(events))),
-                            dtype=bool, count=total)
-    return counts, offsets, token
+def _ok_events(cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Event counts, offsets and kind codes of the successful requests only (in place: consumes cols)."""
+    if cols.success.all():
+        return cols.counts, cols.offsets, cols.kinds
+    keep = np.repeat(cols.success, cols.counts)
+    offsets = _compress_inplace(cols.offsets, keep)
+    kinds = cols.kinds[keep]
+    return cols.counts[cols.success], offsets, kinds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,8 +200,9 @@ class _Samples:
     decoding: np.ndarray          # request has a non-zero ITL gap (counts in TPOT/ITL N)
 
 
-def _samples(events: list[list], output_tokens: np.ndarray, profile: str, stream: bool) -> _Samples:
-    counts, offsets, token = _flatten(events, with_kinds=stream and profile == "default")
+def _samples(counts: np.ndarray, offsets: np.ndarray, kinds: np.ndarray, output_tokens: np.ndarray,
+             profile: str, stream: bool) -> _Samples:
+    """Per-request samples of the successful requests' events (consumes `offsets`)."""
     first, e2el = _first_last(offsets, counts)
     n = counts.size
     if not stream:
@@ -249,6 +210,7 @@ def _samples(events: list[list], output_tokens: np.ndarray, profile: str, stream
         return _Samples(e2el, nothing, nothing, np.empty(0), np.zeros(n, np.int64), np.zeros(n, bool))
     if profile == "default":
         # only content/reasoning events carry tokens: TTFT and ITL are taken over those alone
+        token = np.isin(kinds, TOKEN_CODES)
         offsets, counts = _tokens_only(offsets, counts, token)
         del token
         first, _ = _first_last(offsets, counts)
@@ -429,9 +391,11 @@ def _stage_samples(smp: _Samples, req: _Requests, ok_sel: np.ndarray, gap_sel) -
     }
 
 
-def compute(records: list[dict], profile: str = "default", max_concurrency: int | None = None,
+def compute(records: list[dict] | Columns, profile: str = "default", max_concurrency: int | None = None,
             stream: bool | None = None, slo: dict | None = None) -> Results:
-    """Metric tables for `records` (see module doc for the profiles).
+    """Metric tables for `records`, or for a run already read as Columns (see module doc for the
+    profiles). A Columns' event arrays are used up: the big steps work in place, so a million requests
+    fit in memory.
 
     stream=None detects it: a run where no successful request has more than one event is non-streaming,
     and gives no TTFT/TPOT/ITL/Prefill values (N=0).
@@ -439,14 +403,14 @@ def compute(records: list[dict], profile: str = "default", max_concurrency: int 
     (req/s meeting every limit) and Good Output Token Throughput rows (vLLM's goodput)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown metric profile {profile!r}; expected one of {PROFILES}")
-    req, events = _requests(records)
-    ok_events = [ev for ev, ok in zip(events, req.success) if ok]
+    cols = records if isinstance(records, Columns) else from_records(records)
+    req = _requests(cols)
+    req.end = _first_last(cols.offsets, cols.counts)[1]  # before the offsets are used up
+    counts, offsets, kinds = _ok_events(cols)
     if stream is None:
-        stream = not ok_events or any(len(ev) > 1 for ev in ok_events)
-    smp = _samples(ok_events, req.output_tokens[req.success], profile, stream)
-    del ok_events
-    req.end = _ends(req, events, smp.e2el)
-    del events
+        stream = not counts.size or bool((counts > 1).any())
+    smp = _samples(counts, offsets, kinds, req.output_tokens[req.success], profile, stream)
+    del offsets, kinds
 
     stages = [(TOTAL, None)] + [(name, code) for code, name in enumerate(req.stage_names) if name != TOTAL]
     ok_stage = req.stage[req.success]

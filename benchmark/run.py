@@ -14,6 +14,7 @@ import time
 from . import __version__, health, metrics, tables, tokens
 from .datasets import Prompt
 from .options import RunConfig
+from .columns import WARMUP, read_columns
 from .records import RecordSink, new_record, read_records
 
 
@@ -180,33 +181,35 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
     if os.path.isfile(config_path):
         with open(config_path) as f:
             config = json.load(f)
-    records, skipped = read_records(records_path)
-    records, cancelled = split_cancelled(records)
-    warmup = [r for r in records if r.get("stage") == WARMUP]
-    if warmup:  # sent to warm the server up (--warmup): kept on disk, left out of the numbers
-        records = [r for r in records if r.get("stage") != WARMUP]
+    # warm-up requests (--warmup) are kept on disk and left out of the numbers; cancelled ones are not
+    # failures of the server. The plots get their own sample; the tables use every record.
+    from .report import PLOT_REQUESTS
+    cols, plot_sample = read_columns(records_path, drop_cancelled=True, exclude_stages=(WARMUP,),
+                                     sample_requests=PLOT_REQUESTS if html else 0)
+    cancelled = cols.cancelled
     cancelled_path = os.path.join(run_dir, CANCELLED_FILE)
     if os.path.isfile(cancelled_path):
-        cancelled += read_records(cancelled_path)[0]
+        cancelled += len(read_records(cancelled_path)[0])
     profile = profile or config.get("metric_profile", "default")
-    results = metrics.compute(records, profile=profile, max_concurrency=config.get("max_users"),
+    n, failed, skipped = cols.n, cols.failed, cols.skipped
+    results = metrics.compute(cols, profile=profile, max_concurrency=config.get("max_users"),
                               stream=config.get("stream", True), slo=config.get("slo") or None)
     perf_dir = os.path.join(run_dir, "performances", config.get("model_abbr", "model"))
     csv_path, json_path = tables.write(results, perf_dir, config.get("dataset_abbr", "dataset"))
     curve_path = tables.write_curve(results, perf_dir, config.get("dataset_abbr", "dataset"))
     if echo:
         print(tables.console(results))
-        failures = failure_text(records)
+        failures = failure_text(failed, n)
         if failures:
             print(failures)
         if cancelled:
-            print(f"Cancelled: {len(cancelled)} request(s) in flight when the test stopped "
+            print(f"Cancelled: {cancelled} request(s) in flight when the test stopped "
                   "(not counted as failures)")
-        verdict = outcome_line(records, cancelled)
+        verdict = outcome_line(failed, n, cancelled)
         if verdict:
             print(verdict)
         print(health_line(config, results))
-        print(tokens.source_summary(records, config.get("tokenizer")))
+        print(tokens.source_summary(cols.sources, cols.text_sample, config.get("tokenizer")))
         if skipped:
             print(f"note: {skipped} unreadable line(s) in records.jsonl skipped (cut short by a crash?)")
         print(f"Results written to {csv_path} and {json_path}")
@@ -214,37 +217,24 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
             print(f"Latency vs throughput per stage written to {curve_path}")
     if html:
         from .report import render
-        path = render(run_dir, html if isinstance(html, str) else None, records=records, results=results,
-                      config=config, skipped=skipped)
+        path = render(run_dir, html if isinstance(html, str) else None, cols=cols, plot_sample=plot_sample,
+                      results=results, config=config)
         if echo:
             print(f"Report written to {path}")
     return results
 
 
 CANCELLED_FILE = "cancelled.jsonl"
-CANCELLED = "cancelled"  # the error prefix of a request cut short by the test stopping
 
 
-WARMUP = "warmup"
-
-
-def split_cancelled(records: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(finished records, cancelled ones): a cancelled request is not a failure of the server."""
-    kept, cancelled = [], []
-    for r in records:
-        error = r.get("error")
-        (cancelled if isinstance(error, str) and error.startswith(CANCELLED) else kept).append(r)
-    return kept, cancelled
-
-
-def failure_text(records: list[dict]) -> str:
+def failure_text(failed: list[dict], total: int) -> str:
     """Failures grouped by reason, most frequent first: count, reason, and the first example when it
-    says more than the reason. Empty when nothing failed."""
-    failures = metrics.failure_summary(records)
+    says more than the reason. Empty when nothing failed. `failed`: the failed records (or their
+    error and http_status), `total`: requests in all."""
+    failures = metrics.failure_summary(failed)
     if not len(failures):
         return ""
-    failed = int(failures["count"].sum())
-    lines = [f"Failures by reason ({failed} of {len(records)} requests):"]
+    lines = [f"Failures by reason ({int(failures['count'].sum())} of {total} requests):"]
     width = len(str(int(failures["count"].max())))
     for reason, count, example in failures.itertuples(index=False):
         lines.append(f"  {int(count):>{width}} x {reason}")
@@ -254,17 +244,17 @@ def failure_text(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def outcome_line(records: list[dict], cancelled: list[dict]) -> str:
-    """One line when no request succeeded, saying why; empty otherwise."""
-    if any(r.get("success") for r in records):
+def outcome_line(failed: list[dict], total: int, cancelled: int) -> str:
+    """One line when no request succeeded (all `total` are in `failed`), saying why; empty otherwise."""
+    if len(failed) < total:
         return ""
-    if not records:
+    if not total:
         if cancelled:
-            return (f"No request finished: all {len(cancelled)} were still in flight when the test stopped "
+            return (f"No request finished: all {cancelled} were still in flight when the test stopped "
                     "(run longer, or lower --max-out-len)")
         return "No request was sent: the test stopped before any user sent one"
-    top = metrics.failure_summary(records).iloc[0]
-    return (f"All {len(records)} requests failed: most common reason ({int(top['count'])} of them): "
+    top = metrics.failure_summary(failed).iloc[0]
+    return (f"All {total} requests failed: most common reason ({int(top['count'])} of them): "
             f"{_example(top['first_example'])[:300]}")
 
 

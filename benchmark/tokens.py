@@ -212,25 +212,23 @@ def count_output(tok, text: str | None) -> int:
     return count_outputs(tok, [text])[0]
 
 
-def source_summary(records: list[dict], tokenizer_path: str | None, sample: int = 500) -> str:
-    """One line: where the token counts came from, and how far the tokenizer is from the server's
-    `usage` on output tokens (mean % difference over a sample of requests that had both): a large
-    gap means --tokenizer does not match the served model, so tokenizer-counted runs are off."""
-    ok = [r for r in records if r.get("success")]
+def source_summary(sources: dict, text_sample: list[tuple[str, int]], tokenizer_path: str | None) -> str:
+    """One line: where the token counts came from (`sources`: token_source -> successful requests), and
+    how far the tokenizer is from the server's `usage` on output tokens (mean % difference over
+    `text_sample`, (generated text, usage output tokens) pairs): a large gap means --tokenizer does not
+    match the served model, so tokenizer-counted runs are off."""
+    ok = sum(sources.values())
     if not ok:
         return "Token counts: no successful request"
-    by_usage = [r for r in ok if r.get("token_source") == "usage"]
-    line = f"Token counts: server usage for {len(by_usage)} of {len(ok)} requests, tokenizer for the rest"
-    pairs = [r for r in by_usage if r.get("output_tokens") and (r.get("completion") or r.get("reasoning"))]
+    line = f"Token counts: server usage for {sources.get('usage', 0)} of {ok} requests, tokenizer for the rest"
+    pairs = [(text, n) for text, n in text_sample if n and text]
     if not pairs:
         return line
-    step = max(1, len(pairs) // sample)
-    pairs = pairs[::step][:sample]
     try:
         tok = load_tokenizer(tokenizer_path)
     except TokenizerError as e:
         return f"{line}; tokenizer check skipped ({e})"
-    counted = count_outputs(tok, [(r.get("reasoning") or "") + (r.get("completion") or "") for r in pairs])
-    diffs = [100.0 * (c - r["output_tokens"]) / r["output_tokens"] for c, r in zip(counted, pairs)]
+    counted = count_outputs(tok, [text for text, _ in pairs])
+    diffs = [100.0 * (c - n) / n for c, (_, n) in zip(counted, pairs)]
     return (f"{line}; tokenizer vs usage on output tokens: mean {sum(diffs) / len(diffs):+.1f} % "
             f"over {len(pairs)} requests ({describe(tok)})")

@@ -16,9 +16,10 @@ from geventhttpclient.response import HTTPSocketPoolResponse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmark import client
+from benchmark import client, metrics
 from benchmark.client import _error_text, _http_error, finish_stream, parse_stream, read_stream
-from benchmark.records import new_record, read_records
+from benchmark.columns import read_columns
+from benchmark.records import FIELDS, new_record, read_records
 from benchmark.run import report
 
 SETTINGS = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
@@ -269,3 +270,26 @@ def read_records_bytes(data: bytes):
         f.write(data)
         f.flush()
         return read_records(f.name)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=6)
+                     | st.floats(allow_nan=False, allow_infinity=False),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                     max_leaves=12)
+
+
+@SETTINGS
+@given(recs=st.lists(st.dictionaries(st.sampled_from(FIELDS), _JSON, max_size=8), max_size=8))
+def test_columns_keep_or_skip_every_record_whatever_its_fields(recs):
+    """A record with fields of the wrong type is counted as skipped, never a traceback, and the
+    tables are made from the rest."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "records.jsonl")
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in recs)
+        cols, sample = read_columns(path, drop_cancelled=False, sample_requests=3)
+        assert cols.n + cols.skipped == len(recs)
+        assert cols.offsets.size == cols.counts.sum() == cols.kinds.size
+        assert sample.n <= cols.n
+        results = metrics.compute(cols)
+        assert int(results.common.set_index("Common Metric").loc["Total Requests", "Value"]) == cols.n

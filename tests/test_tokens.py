@@ -160,12 +160,14 @@ def test_loads_under_gevent_monkey_patching(tmp_path, tok):
 
 def test_source_summary_reports_usage_vs_tokenizer_gap():
     from benchmark.records import new_record
+    from benchmark.columns import from_records
     from benchmark.tokens import count_output, load_tokenizer, source_summary
     text = "the quick brown fox jumps over the lazy dog"
     n = count_output(load_tokenizer(None), text)
     recs = [new_record(success=True, token_source="usage", output_tokens=2 * n, completion=text),
             new_record(success=True, token_source="tokenizer", output_tokens=n, completion=text),
             new_record(success=False)]
-    line = source_summary(recs, None)
+    cols = from_records(recs)  # the counts and the (text, usage) sample are taken as records are read
+    line = source_summary(cols.sources, cols.text_sample, None)
     assert "server usage for 1 of 2 requests" in line
     assert "mean -50.0 % over 1 requests" in line

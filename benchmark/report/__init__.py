@@ -19,37 +19,38 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader
 
 from .. import __version__, metrics, tables
-from ..records import read_records
+from ..columns import WARMUP, Columns, read_columns
 from . import plots
 from .data import run_data
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
-SAMPLES = 5            # completions shown
+SAMPLES = 5            # completions shown (columns.EXAMPLES are kept)
+PLOT_REQUESTS = 50_000  # plots of a bigger run are drawn from about this many requests taken evenly
 TEXT_CHARS = 800       # of each shown completion
 ACCURACY_METRICS = ("accuracy", "strict-match", "flexible-extract")
 
 _env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
 
 
-def render(run_dir: str, out_path: str | None = None, *, records: list[dict] | None = None,
-           results: metrics.Results | None = None, config: dict | None = None, skipped: int = 0) -> str:
+def render(run_dir: str, out_path: str | None = None, *, cols: Columns | None = None,
+           plot_sample: Columns | None = None, results: metrics.Results | None = None,
+           config: dict | None = None) -> str:
     """Write the report of `run_dir` to out_path (default run_dir/report.html); returns the path.
 
-    records/results/config may be passed when the caller already has them (the tables step does)."""
+    The tables step passes what it has already read: `cols` (the run, its events possibly used up by
+    metrics.compute), `plot_sample` (read_columns' sample for the plots), `results` and `config`."""
     if config is None:
         config = _json(os.path.join(run_dir, "config.json")) or {}
-    if records is None:
-        records, skipped = read_records(os.path.join(run_dir, "records.jsonl"))
-        try:  # requests cut short by the test stopping are not failures (as in run.report)
-            from ..run import split_cancelled
-            records, _ = split_cancelled(records)
-        except ImportError:
-            pass
+    if cols is None or plot_sample is None:
+        # as run.report reads them: warm-up left out, requests cut short by the test stopping set apart
+        cols, plot_sample = read_columns(os.path.join(run_dir, "records.jsonl"), drop_cancelled=True,
+                                         exclude_stages=(WARMUP,), sample_requests=PLOT_REQUESTS)
+        results = None
     if results is None:
         extra = {"slo": config["slo"]} if config.get("slo") else {}
-        results = metrics.compute(records, profile=config.get("metric_profile", "default"),
+        results = metrics.compute(cols, profile=config.get("metric_profile", "default"),
                                   max_concurrency=config.get("max_users"), stream=config.get("stream", True), **extra)
-    html = _env.get_template("report.html.j2").render(**context(run_dir, records, results, config, skipped))
+    html = _env.get_template("report.html.j2").render(**context(run_dir, cols, plot_sample, results, config))
     out_path = out_path or os.path.join(run_dir, "report.html")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = f"{out_path}.tmp{os.getpid()}"
@@ -67,16 +68,16 @@ def _json(path: str):
         return None
 
 
-def context(run_dir: str, records: list[dict], results: metrics.Results, config: dict, skipped: int = 0) -> dict:
+def context(run_dir: str, cols: Columns, plot_sample: Columns, results: metrics.Results, config: dict) -> dict:
     perf, common = results.perf, results.common
     stages = plots.stage_names(perf)
-    data = run_data(records, results.profile, results.stream)
+    data = run_data(plot_sample, results.profile, results.stream)
     accuracy = load_accuracy(run_dir, config)
 
     dists = [plots.distribution(m, getattr(data, attr), perf) for m, attr in plots.LAT_METRICS]
     return {
         "title": f"{config.get('model') or 'model'} on {config.get('host') or 'unknown host'}",
-        "header": header(run_dir, config, records, results),
+        "header": header(run_dir, config, cols, plot_sample, results),
         "tiles": tiles(results, accuracy),
         "stage_rows": stage_rows(results, stages, accuracy),
         "table_sets": table_sets(results, stages),
@@ -86,10 +87,10 @@ def context(run_dir: str, records: list[dict], results: metrics.Results, config:
         "scatters": [plots.scatter(data, "TTFT", data.ttft, stages), plots.scatter(data, "TPOT", data.tpot, stages)],
         "timeline": plots.timeline(data),
         "lvt": plots.latency_vs_throughput(perf, common, stages),
-        "failures": failures(records),
+        "failures": failures(cols.failed),
         "health": client_health(run_dir, config, results),
-        "samples": samples(records),
-        "skipped": skipped,
+        "samples": samples(cols.examples),
+        "skipped": cols.skipped,
         "profile": results.profile,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "version": __version__,
@@ -100,8 +101,9 @@ def _duration_s(results: metrics.Results, stage: str = "total") -> float:
     return plots._common(results.common, "Benchmark Duration", stage) / 1000
 
 
-def header(run_dir: str, config: dict, records: list[dict], results: metrics.Results) -> list[tuple[str, str]]:
-    sources = Counter(r.get("token_source") for r in records if r.get("success"))
+def header(run_dir: str, config: dict, cols: Columns, plot_sample: Columns,
+           results: metrics.Results) -> list[tuple[str, str]]:
+    sources = Counter(cols.sources)
     sources.pop(None, None)
     token_source = ", ".join(f"{k} ({v})" for k, v in sources.most_common()) or "-"
     if config.get("tokenizer"):
@@ -128,7 +130,8 @@ def header(run_dir: str, config: dict, records: list[dict], results: metrics.Res
         ("Load", ", ".join(load) or "-"),
         ("Duration", f"{_duration_s(results):.1f} s (first send to last answer)"
                      + (f"; {config['started']} to {config['finished']}" if config.get("finished") else "")),
-        ("Requests", f"{len(records)}"),
+        ("Requests", f"{cols.n}" + (f" (plots drawn from {plot_sample.n} of them, taken evenly through the run)"
+                                    if plot_sample.n < cols.n else "")),
         ("Output length", f"max_tokens {out_len}" + (", ignore_eos" if config.get("ignore_eos") else "")
                           if out_len else "-"),
         ("Mode / metrics", f"{config.get('mode', 'perf')}, metric profile {results.profile}"
@@ -230,8 +233,8 @@ def load_accuracy(run_dir: str, config: dict) -> dict | None:
     return None
 
 
-def failures(records: list[dict]) -> list[dict]:
-    df = metrics.failure_summary(records)
+def failures(failed: list[dict]) -> list[dict]:
+    df = metrics.failure_summary(failed)
     return df.to_dict("records")
 
 
@@ -268,9 +271,9 @@ def client_health(run_dir: str, config: dict, results: metrics.Results | None = 
     return out
 
 
-def samples(records: list[dict]) -> list[dict]:
-    """A few completions (successful first), cut to TEXT_CHARS: what the model actually said."""
-    picked = [r for r in records if r.get("success")][:SAMPLES]
+def samples(examples: list[dict]) -> list[dict]:
+    """A few successful completions, cut to TEXT_CHARS: what the model actually said."""
+    picked = examples[:SAMPLES]
     out = []
     for r in picked:
         text = r.get("completion") or ""

@@ -1,4 +1,4 @@
-"""Per-request arrays for the plots, from the records in one vectorised pass.
+"""Per-request arrays for the plots, from a run's Columns in one vectorised pass.
 
 The definitions are DESIGN.md's (and metrics.py's): with the `default` profile only content/reasoning
 events count for TTFT and ITL; with `aisbench` every data event does. Failed requests have no latencies.
@@ -7,14 +7,10 @@ The tables' own numbers always come from metrics.compute(); these arrays only dr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain
-from operator import itemgetter
 
 import numpy as np
 
-from ..records import TOKEN_KINDS
-
-_IS_TOKEN = frozenset(TOKEN_KINDS).__contains__
+from ..columns import TOKEN_CODES, Columns
 
 
 @dataclass
@@ -39,29 +35,16 @@ class RunData:
         return float(ends.max()) if ends.size else 0.0
 
 
-def run_data(records: list[dict], profile: str = "default", stream: bool = True) -> RunData:
-    n = len(records)
-    fields = ("t_send", "success", "output_tokens", "stage", "events")
-    if n:
-        try:
-            rows = list(map(itemgetter(*fields), records))
-        except KeyError:  # hand-made records without every field
-            rows = [tuple(map(r.get, fields)) for r in records]
-        t_send, success, out, stage, events = zip(*rows)
-    else:
-        t_send = success = out = stage = events = ()
-    events = [e or [] for e in events]
-    t_send = np.array(t_send, dtype=np.float64).reshape(n)
-    success = np.array(success, dtype=bool).reshape(n)
-    out = np.nan_to_num(np.array(out, dtype=np.float64).reshape(n), nan=0.0)
-    stage = np.array([s or "total" for s in stage], dtype=object).reshape(n)
+def run_data(cols: Columns, profile: str = "default", stream: bool = True) -> RunData:
+    """The plot arrays of `cols` (left unchanged; pass records through columns.from_records)."""
+    n = cols.n
+    t_send, success, out, stage = cols.t_send, cols.success, cols.output_tokens, cols.stage_of_each()
     finite = t_send[np.isfinite(t_send)]
     t0 = float(finite.min()) if finite.size else 0.0
     start = t_send - t0
 
-    counts = np.fromiter(map(len, events), dtype=np.int64, count=n)
+    counts, offsets = cols.counts, cols.offsets
     total = int(counts.sum())
-    offsets = np.fromiter(map(itemgetter(0), chain.from_iterable(events)), dtype=np.float64, count=total)
     owner = np.repeat(np.arange(n), counts)
     first_idx = np.concatenate([[0], np.cumsum(counts)[:-1]]) if n else np.zeros(0, np.int64)
     has = counts > 0
@@ -70,7 +53,7 @@ def run_data(records: list[dict], profile: str = "default", stream: bool = True)
     end = start + last
 
     if stream and profile == "default":
-        mask = np.fromiter(map(_IS_TOKEN, map(itemgetter(1), chain.from_iterable(events))), dtype=bool, count=total)
+        mask = np.isin(cols.kinds, TOKEN_CODES)
     else:
         mask = np.ones(total, bool)
     ok_event = mask & success[owner]
