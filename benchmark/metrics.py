@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .columns import TOKEN_CODES, Columns, from_records
+from .columns import Columns, from_records, token_mask
 from .records import TOKEN_KINDS
 
 PROFILES = ("default", "aisbench")
@@ -210,7 +210,7 @@ def _samples(counts: np.ndarray, offsets: np.ndarray, kinds: np.ndarray, output_
         return _Samples(e2el, nothing, nothing, np.empty(0), np.zeros(n, np.int64), np.zeros(n, bool))
     if profile == "default":
         # only content/reasoning events carry tokens: TTFT and ITL are taken over those alone
-        token = np.isin(kinds, TOKEN_CODES)
+        token = token_mask(kinds)
         offsets, counts = _tokens_only(offsets, counts, token)
         del token
         first, _ = _first_last(offsets, counts)

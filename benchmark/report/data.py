@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..columns import TOKEN_CODES, Columns
+from ..columns import Columns, token_mask
 
 
 @dataclass
@@ -53,7 +53,7 @@ def run_data(cols: Columns, profile: str = "default", stream: bool = True) -> Ru
     end = start + last
 
     if stream and profile == "default":
-        mask = np.isin(cols.kinds, TOKEN_CODES)
+        mask = token_mask(cols.kinds)
     else:
         mask = np.ones(total, bool)
     ok_event = mask & success[owner]
