@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
+import subprocess
+import sys
+import tempfile
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
@@ -156,6 +160,66 @@ class ColumnBuilder:
                 if j < TEXT_SAMPLE:
                     self.text_sample[j] = (text, int(tokens_out))
 
+    # buffers in file order for dump/merge; `stage` is re-coded on merge (each part numbers its own)
+    _BUFFERS = ("t_send", "t_sched", "input_tokens", "output_tokens", "success", "counts", "offsets", "kinds")
+
+    def dump(self, f) -> None:
+        """Write everything to `f` (a helper process's part): a pickle of the small things, then the
+        raw buffers."""
+        meta = {"stage_names": list(self.stage_codes), "stage": self.stage.tobytes(), "any_sched": self.any_sched,
+                "failed": self.failed, "examples": self.examples, "text_sample": self.text_sample,
+                "usage_seen": self._usage_seen, "sources": dict(self.sources), "cancelled": self.cancelled,
+                "excluded": self.excluded, "skipped": self.skipped,
+                "sizes": [len(getattr(self, name)) for name in self._BUFFERS]}
+        pickle.dump(meta, f, protocol=pickle.HIGHEST_PROTOCOL)
+        for name in self._BUFFERS:
+            f.write(getattr(self, name))
+
+    def merge(self, f) -> None:
+        """Append a part written by `dump` (the records after this builder's, in file order). The
+        buffers are read straight into this builder's, so a part costs no second copy in memory."""
+        meta = pickle.load(f)
+        for name, n in zip(self._BUFFERS, meta["sizes"]):
+            buf = getattr(self, name)
+            if isinstance(buf, bytearray):
+                buf += f.read(n)
+            else:
+                buf.fromfile(f, n)
+        part_stage = array("i")
+        part_stage.frombytes(meta["stage"])
+        self._merge_small(meta, part_stage)
+
+    def merge_builder(self, other: ColumnBuilder) -> None:
+        """Append another builder's records (read in this process)."""
+        for name in self._BUFFERS:
+            getattr(self, name).extend(getattr(other, name))
+        meta = {"stage_names": list(other.stage_codes), "any_sched": other.any_sched, "failed": other.failed,
+                "examples": other.examples, "text_sample": other.text_sample, "usage_seen": other._usage_seen,
+                "sources": other.sources, "cancelled": other.cancelled, "excluded": other.excluded,
+                "skipped": other.skipped}
+        self._merge_small(meta, other.stage)
+
+    def _merge_small(self, meta: dict, part_stage: array) -> None:
+        recode = [self.stage_codes.setdefault(name, len(self.stage_codes)) for name in meta["stage_names"]]
+        self.stage.extend(map(recode.__getitem__, part_stage))
+        self.any_sched |= meta["any_sched"]
+        self.failed += meta["failed"]
+        self.examples += meta["examples"][:EXAMPLES - len(self.examples)]
+        self.sources.update(meta["sources"])
+        self.cancelled += meta["cancelled"]
+        self.excluded += meta["excluded"]
+        self.skipped += meta["skipped"]
+        # two uniform samples -> one: each side keeps a share in proportion to what it saw
+        seen = self._usage_seen + meta["usage_seen"]
+        if len(self.text_sample) + len(meta["text_sample"]) > TEXT_SAMPLE:
+            mine = min(len(self.text_sample), round(TEXT_SAMPLE * self._usage_seen / seen))
+            theirs = min(len(meta["text_sample"]), TEXT_SAMPLE - mine)
+            self.text_sample = (self._rng.sample(self.text_sample, mine)
+                                + self._rng.sample(meta["text_sample"], theirs))
+        else:
+            self.text_sample += meta["text_sample"]
+        self._usage_seen = seen
+
     def build(self) -> Columns:
         names = list(self.stage_codes)
         return Columns(
@@ -183,20 +247,68 @@ def from_records(records: list[dict]) -> Columns:
     return b.build()
 
 
+PARALLEL_BYTES = 256 << 20  # a records file bigger than this is read by several processes at once
+MAX_PROCESSES = 8
+
+
 def read_columns(path: str, drop_cancelled: bool = True, exclude_stages: tuple = (),
-                 sample_requests: int = 0) -> tuple[Columns, Columns | None]:
+                 sample_requests: int = 0, processes: int | None = None) -> tuple[Columns, Columns | None]:
     """Columns of every readable record in `path`, and (sample_requests > 0) a second, independent
     Columns of about that many records taken evenly through the file, for plots.
 
-    Unreadable lines (e.g. one cut short by a crash) are counted in `skipped`."""
+    Unreadable lines (e.g. one cut short by a crash) are counted in `skipped`. A file bigger than
+    PARALLEL_BYTES is cut into byte ranges at line ends, read by `processes` processes (default: one
+    per CPU, at most MAX_PROCESSES) and joined in file order: the same Columns as one reader's."""
+    size = os.path.getsize(path)
+    if processes is None:
+        processes = min(os.cpu_count() or 1, MAX_PROCESSES) if size > PARALLEL_BYTES else 1
+    every = 0
+    if sample_requests:  # keep every k-th record, k from the file's size and its first line's
+        with open(path, "rb") as f:
+            every = max(1, math.ceil(size / max(len(f.readline()), 1) / sample_requests))
+    bounds = [size * i // processes for i in range(processes + 1)]
+    args = (drop_cancelled, tuple(exclude_stages), every)
+    with tempfile.TemporaryDirectory(prefix="llm-testing-columns-") as tmp:
+        parts = [(a, b, os.path.join(tmp, str(i)), _spawn(path, a, b, args, os.path.join(tmp, str(i))))
+                 for i, (a, b) in enumerate(zip(bounds[1:-1], bounds[2:]))]
+        full, sample = _read_range(path, bounds[0], bounds[1], *args)  # this process reads the first part
+        for a, b, out, proc in parts:
+            if proc.wait() == 0:
+                with open(out, "rb") as f:
+                    full.merge(f)
+                    if sample is not None:
+                        sample.merge(f)
+            else:  # the helper died (out of memory?): read its part here rather than lose it
+                more, more_sample = _read_range(path, a, b, *args)
+                full.merge_builder(more)
+                if sample is not None:
+                    sample.merge_builder(more_sample)
+    return full.build(), sample.build() if sample is not None else None
+
+
+def _spawn(path: str, start: int, end: int, args: tuple, out: str) -> subprocess.Popen:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds the benchmark package
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    return subprocess.Popen([sys.executable, "-m", "benchmark.columns", path, str(start), str(end),
+                             json.dumps(args), out], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _read_range(path: str, start: int, end: int, drop_cancelled: bool, exclude_stages: tuple,
+                every: int) -> tuple[ColumnBuilder, ColumnBuilder | None]:
+    """The records of the lines that start in [start, end) (every: sample every k-th, 0 = none)."""
     full = ColumnBuilder(drop_cancelled, exclude_stages)
-    sample = ColumnBuilder(drop_cancelled, exclude_stages) if sample_requests else None
-    every = 1
+    sample = ColumnBuilder(drop_cancelled, exclude_stages) if every else None
     with open(path, "rb") as f:  # bytes: a line of broken UTF-8 is skipped like any unreadable line
+        if start:
+            f.seek(start - 1)
+            f.readline()  # the end of a line that started before `start`: the previous range's
+        pos = f.tell()
         loads, add = orjson.loads, full.add
         for i, line in enumerate(f):
-            if i == 0 and sample_requests:  # keep every k-th record, k from the file's size
-                every = max(1, math.ceil(_file_size(f) / max(len(line), 1) / sample_requests))
+            if pos >= end:
+                break
+            pos += len(line)
             try:
                 rec = loads(line)
             except orjson.JSONDecodeError:
@@ -209,7 +321,17 @@ def read_columns(path: str, drop_cancelled: bool = True, exclude_stages: tuple =
             add(rec)
             if sample is not None and i % every == 0:
                 sample.add(rec)
-    return full.build(), sample.build() if sample is not None else None
+    return full, sample
+
+
+def _main(argv: list[str]) -> None:
+    """A helper process: read one byte range, write its builders for the parent to merge."""
+    path, start, end, args, out = argv
+    full, sample = _read_range(path, int(start), int(end), *json.loads(args))
+    with open(out, "wb") as f:
+        full.dump(f)
+        if sample is not None:
+            sample.dump(f)
 
 
 _BLANK = object()
@@ -247,3 +369,7 @@ def _count(value) -> float:
 def _np(buf, dtype) -> np.ndarray:
     """A numpy array over the builder's buffer (no copy)."""
     return np.frombuffer(buf, dtype=dtype) if len(buf) else np.zeros(0, dtype)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
