@@ -78,3 +78,22 @@ def test_a_range_boundary_on_a_line_start_loses_and_repeats_nothing(tmp_path):
     for processes in range(2, 10):
         cols, _ = read_columns(str(path), drop_cancelled=False, processes=processes)
         assert cols.t_send.tolist() == [float(i) for i in range(9)], processes
+
+
+def test_several_processes_work_inside_locust_gevent_patched_process(tmp_path):
+    """The tables are made at test stop inside the Locust process, where gevent has patched
+    subprocess and threading: the helper processes must work there too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    path = tmp_path / "records.jsonl"
+    _write(path, _records(300))
+    code = ("from gevent import monkey; monkey.patch_all()\n"
+            "import sys; from benchmark.columns import read_columns\n"
+            "one, _ = read_columns(sys.argv[1], processes=1)\n"
+            "two, _ = read_columns(sys.argv[1], processes=3)\n"
+            "assert (one.offsets == two.offsets).all() and one.n == two.n > 0, (one.n, two.n)\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], cwd=Path(__file__).resolve().parent.parent,
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "ok", r.stderr[-1500:]
