@@ -14,7 +14,7 @@ import time
 from . import __version__, health, metrics, tables, tokens
 from .datasets import Prompt
 from .options import RunConfig
-from .columns import WARMUP, read_columns
+from .columns import CANCELLED, WARMUP, read_columns
 from .records import RecordSink, new_record, read_records
 
 
@@ -88,7 +88,7 @@ class Run:
     def keep(self, rec: dict) -> None:
         """Write a finished record (this process's or a worker's) and tally it against --slo."""
         self.sink.write(rec)
-        if self.cfg.slo and not rec["error"].startswith("cancelled"):
+        if self.cfg.slo and not rec["error"].startswith(CANCELLED):
             tally = self.slo_tally.setdefault(rec["stage"], [0, 0])
             tally[0] += metrics.record_meets_slo(rec, self.cfg.slo)
             tally[1] += 1

@@ -20,6 +20,7 @@ from collections import deque
 
 import numpy as np
 
+from .columns import CANCELLED
 from .records import TOKEN_KINDS
 
 TAB = "llm"
@@ -31,7 +32,6 @@ REFRESH_S = 0.5          # the table is recomputed at most this often
 COLUMNS = (("metric", "Metric"), ("p50", "P50"), ("p90", "P90"), ("p99", "P99"), ("avg", "Average"),
            ("n", "N"))
 _TOKEN = frozenset(TOKEN_KINDS)
-CANCELLED = "cancelled"  # run.CANCELLED: the error prefix of a request cut short by the test stopping
 
 
 class LiveWindow:
