@@ -188,6 +188,7 @@ class Config:
     fault_every: int = 1
     max_concurrency: int = 0  # answer slots, as a real server's batch; 0 = unlimited
     trace: str | None = None  # file to append each streamed answer's real write times to
+    workers: int = 1  # processes sharing the listening socket
 
 
 @dataclass
@@ -595,6 +596,10 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--fault", type=_fault, metavar="NAME[:ARG]", help=f"inject a fault: {FAULT_USAGE}")
     p.add_argument("--fault-every", type=_positive_int, default=1, metavar="N",
                    help="apply --fault to every Nth request (default 1: all)")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="serve from N processes sharing the port, one event loop each, for clients of "
+                        "more than one core (default 1; --max-concurrency and --fault-every then count "
+                        "per process)")
     p.add_argument("--trace", metavar="FILE",
                    help="append a JSON line per streamed answer: its X-Request-Id and when each content "
                         "token was really written, s after the request arrived (server-side truth)")
@@ -607,28 +612,42 @@ def parse_args(argv: list[str] | None) -> Config:
             p.error(f"argument --answers: {exc}")
     return Config(host=a.host, port=a.port, ttft=a.ttft_ms / 1000, itl=a.itl_ms / 1000,
                   output_len=a.output_len, model=a.model, answers=answers, fault=a.fault,
-                  fault_every=a.fault_every, max_concurrency=max(0, a.max_concurrency), trace=a.trace)
+                  fault_every=a.fault_every, max_concurrency=max(0, a.max_concurrency), trace=a.trace,
+                  workers=a.workers)
 
 
-async def serve(cfg: Config) -> None:
+def _listen(cfg: Config) -> socket.socket:
+    """The listening socket (made before any worker starts, so they all accept on it)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(4096)
+    except OSError as exc:
+        sys.stderr.write(f"{PROG}: error: argument --port: cannot listen on {cfg.host}:{cfg.port}: "
+                         f"{exc.strerror or exc}\n")
+        raise SystemExit(2) from None
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(cfg: Config, sock: socket.socket, announce: bool = True) -> None:
     sim = Simulator(cfg)
     runner = web.AppRunner(sim.app(), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, cfg.host, cfg.port, backlog=4096)
-        try:
-            await site.start()
-        except OSError as exc:
-            sys.stderr.write(f"{PROG}: error: argument --port: cannot listen on {cfg.host}:{cfg.port}: "
-                             f"{exc.strerror or exc}\n")
-            raise SystemExit(2) from None
+        await web.SockSite(runner, sock).start()
         # full garbage collections would walk aiohttp's start-up objects mid-test and delay due tokens
         gc.collect()
         gc.freeze()
-        port = runner.addresses[0][1]
+        port = sock.getsockname()[1]
         host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-        print(f"LLM simulator listening on http://{host}:{port} (model {cfg.model}, "
-              f"TTFT {cfg.ttft * 1000:g} ms, ITL {cfg.itl * 1000:g} ms)", flush=True)
+        if announce:
+            workers = f", {cfg.workers} processes" if cfg.workers > 1 else ""
+            print(f"LLM simulator listening on http://{host}:{port} (model {cfg.model}, "
+                  f"TTFT {cfg.ttft * 1000:g} ms, ITL {cfg.itl * 1000:g} ms{workers})", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -640,9 +659,16 @@ async def serve(cfg: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
+    sock = _listen(cfg)
+    announce = True
+    for _ in range(cfg.workers - 1):  # forked before any event loop exists; each worker makes its own
+        if os.fork() == 0:
+            _die_with_parent()  # stopping the first process stops them all
+            announce = False
+            break
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop if uvloop else None) as runner:
-            runner.run(serve(cfg))
+            runner.run(serve(cfg, sock, announce))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
         pass
     return 0

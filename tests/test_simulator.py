@@ -361,3 +361,21 @@ def test_startup_line_and_clean_sigterm_mid_stream():
         code = proc.stop()
     assert code == 0 and "Traceback" not in proc.stderr()
     assert proc.stop() == 0  # idempotent
+
+
+def test_workers_share_the_port_and_stop_together():
+    """--workers N: N processes answer on one port (for multi-core clients); stopping the first
+    stops them all."""
+    import psutil
+    from concurrent.futures import ThreadPoolExecutor
+    proc = start("--workers", "2", "--ttft-ms", "20", "--itl-ms", "5")
+    try:
+        children = psutil.Process(proc.pid).children()
+        assert len(children) == 1
+        with ThreadPoolExecutor(8) as pool:
+            outs = list(pool.map(lambda _: chat(proc.url, max_tokens=4, ignore_eos=True), range(16)))
+        assert all(kinds.count("content") == 4 for _, _, kinds, _ in outs)
+    finally:
+        proc.stop()
+    psutil.wait_procs(children, timeout=5)
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
