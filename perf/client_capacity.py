@@ -12,6 +12,7 @@ one process ingests.
 
     python perf/client_capacity.py                  # 1, 128, 256, 512 users, 20 s each
     python perf/client_capacity.py --users 128 --seconds 30
+    python perf/client_capacity.py --users 1 --scaling 1,2,4,8   # on a machine with 16+ cores
 """
 from __future__ import annotations
 
@@ -31,30 +32,45 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmark import simulator  # noqa: E402
+from benchmark.columns import CANCELLED  # noqa: E402
 from benchmark.records import TOKEN_KINDS, read_records  # noqa: E402
 from benchmark.run import WARMUP  # noqa: E402
 
 
+def _cpu_s(p: psutil.Process) -> float:
+    """CPU seconds of a process and its children (Locust's --processes workers, simulator workers)."""
+    total = 0.0
+    for q in [p, *p.children(recursive=True)]:
+        try:
+            total += sum(q.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def run_point(users: int, seconds: float, ttft_ms: float, itl_ms: float, tokens: int,
-              client_core: str, server_core: str) -> dict:
+              client_cores: str, server_cores: str, processes: int = 1) -> dict:
     out = tempfile.mkdtemp(prefix="llmperf-")
     trace_path = os.path.join(out, "trace.jsonl")
-    sim = simulator.start("--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), "--trace", trace_path)
+    sim_cores = _cores(server_cores)
+    sim = simulator.start("--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), "--trace", trace_path,
+                          "--workers", str(len(sim_cores)))
     try:
-        os.sched_setaffinity(sim.pid, {int(server_core)})
-        cmd = ["taskset", "-c", client_core, sys.executable, "-m", "locust", "-f",
+        for q in [psutil.Process(sim.pid), *psutil.Process(sim.pid).children()]:
+            q.cpu_affinity(sim_cores)
+        cmd = ["taskset", "-c", client_cores, sys.executable, "-m", "locust", "-f",
                os.path.join(ROOT, "locustfile.py"), "--headless", "--only-summary", "-u", str(users),
                "-r", str(users), "-t", f"{int(seconds)}s", "--host", sim.url, "--max-out-len", str(tokens),
                "--ignore-eos", "--output-dir", out, "--input-len", "fixed:16",
                # each user's first request opens its TCP connection (all at once at start-up): that is
                # connection set-up, not steady-state streaming, so it is sent as warm-up
-               "--warmup", str(users)]
+               "--warmup", str(users)] + (["--processes", str(processes)] if processes > 1 else [])
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         ps, sim_ps = psutil.Process(proc.pid), psutil.Process(sim.pid)
         time.sleep(min(5, seconds / 4))  # skip start-up and ramp
-        c0, s0, w0 = sum(ps.cpu_times()[:2]), sum(sim_ps.cpu_times()[:2]), time.monotonic()
+        c0, s0, w0 = _cpu_s(ps), _cpu_s(sim_ps), time.monotonic()
         time.sleep(seconds - min(5, seconds / 4) - 1)
-        c1, s1, w1 = sum(ps.cpu_times()[:2]), sum(sim_ps.cpu_times()[:2]), time.monotonic()
+        c1, s1, w1 = _cpu_s(ps), _cpu_s(sim_ps), time.monotonic()
         err = proc.communicate(timeout=120)[1]
     finally:
         sim.stop()
@@ -89,7 +105,7 @@ def run_point(users: int, seconds: float, ttft_ms: float, itl_ms: float, tokens:
     out_tokens = sum(r["output_tokens"] for r in ok)
     ideal = users * tokens / ((ttft_ms + (tokens - 1) * itl_ms) / 1000) if itl_ms or ttft_ms else float("nan")
     return {
-        "users": users, "requests": len(ok), "failed": sum(not r["success"] for r in records), "matched": len(ttft_err),
+        "users": users, "requests": len(ok), "failed": sum(not r["success"] and not r["error"].startswith(CANCELLED) for r in records), "matched": len(ttft_err),
         "TTFT err mean/p99 ms": _mean_p99(ttft_err),
         "= send->arrival mean/p99": _mean_p99(send_lag),
         "+ written->read mean/p99": _mean_p99(read_lag),
@@ -106,6 +122,15 @@ def _mean_p99(a: np.ndarray) -> str:
     return f"{a.mean():.2f} / {np.percentile(a, 99):.2f}"
 
 
+def _cores(spec: str) -> list[int]:
+    """'1' or '4-7' or '1,3' -> core numbers."""
+    cores = []
+    for part in spec.split(","):
+        a, _, b = part.partition("-")
+        cores += range(int(a), int(b or a) + 1)
+    return cores
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", default="1,128,256,512")
@@ -113,6 +138,9 @@ def main() -> None:
     p.add_argument("--full-speed-users", type=int, default=256)
     p.add_argument("--client-core", default="0")
     p.add_argument("--server-core", default="1")
+    p.add_argument("--scaling", metavar="1,2,4,8",
+                   help="then, at full speed, --processes P for each P: the client on cores 0..P-1, "
+                        "P simulator workers on cores P..2P-1 (needs 2P cores), --full-speed-users per process")
     a = p.parse_args()
     rows = [run_point(int(u), a.seconds, 50, 20, 128, a.client_core, a.server_core)
             for u in a.users.split(",")]
@@ -123,6 +151,17 @@ def main() -> None:
         row = run_point(a.full_speed_users, a.seconds, 0, 0, 512, a.client_core, a.server_core)
         print(f"\nFull speed (ITL 0, 512 tokens, {a.full_speed_users} users): {row['events/s']} SSE events/s "
               f"ingested, client CPU {row['client CPU']}")
+    if a.scaling:
+        rows = []
+        for n in map(int, a.scaling.split(",")):
+            if 2 * n > (os.cpu_count() or 1):
+                print(f"--processes {n}: skipped, needs {2 * n} cores ({os.cpu_count()} here)")
+                continue
+            row = run_point(a.full_speed_users * n, a.seconds, 0, 0, 512, f"0-{n - 1}", f"{n}-{2 * n - 1}", n)
+            rows.append({"processes": n, "users": a.full_speed_users * n, "events/s": row["events/s"],
+                         "client CPU (all processes)": row["client CPU"], "sim CPU": row["sim CPU"]})
+        print("\nScaling at full speed (ITL 0, 512 tokens)")
+        print(tabulate(rows, headers="keys", tablefmt="github"))
 
 
 if __name__ == "__main__":
