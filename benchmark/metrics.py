@@ -73,26 +73,7 @@ class Results:
 
 
 # ---------------------------------------------------------------------------------------------
-# flattening
-
-
-def _requests(cols: Columns) -> _Requests:
-    return _Requests(t_send=cols.t_send, success=cols.success, input_tokens=cols.input_tokens,
-                     output_tokens=cols.output_tokens, stage=cols.stage, stage_names=cols.stage_names,
-                     t_sched=cols.t_sched)
-
-
-@dataclass
-class _Requests:
-    """One entry per record."""
-    t_send: np.ndarray      # epoch s (NaN when missing)
-    success: np.ndarray     # bool
-    input_tokens: np.ndarray
-    output_tokens: np.ndarray
-    stage: np.ndarray       # int codes into stage_names
-    stage_names: list
-    end: np.ndarray | None = None  # last event offset from t_send, s (NaN when no events)
-    t_sched: np.ndarray | None = None  # open loop: scheduled epoch s (None when no record has one)
+# the successful requests' events
 
 
 def _ok_events(cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -285,7 +266,7 @@ def _peak_in_flight(starts: np.ndarray, ends: np.ndarray) -> int:
     return int(np.cumsum(step[order]).max())
 
 
-def _common_rows(stage: str, req: _Requests, sel: np.ndarray, smp: _Samples, ok_sel: np.ndarray,
+def _common_rows(stage: str, req: Columns, end: np.ndarray, sel: np.ndarray, smp: _Samples, ok_sel: np.ndarray,
                  profile: str, stream: bool, max_concurrency: int | None, slo: dict | None) -> list[list]:
     total = int(sel.sum())
     ok_idx = np.flatnonzero(sel & req.success)
@@ -297,7 +278,7 @@ def _common_rows(stage: str, req: _Requests, sel: np.ndarray, smp: _Samples, ok_
     duration = float(ends[valid].max() - starts[valid].min()) if valid.any() else 0.0
     inputs = float(req.input_tokens[ok_idx].sum())
     outputs = float(req.output_tokens[ok_idx].sum())
-    peak = _peak_in_flight(req.t_send[sel], req.t_send[sel] + req.end[sel])
+    peak = _peak_in_flight(req.t_send[sel], req.t_send[sel] + end[sel])
 
     def per_d(x: float) -> float:
         return x / duration if duration > 0 else 0.0
@@ -363,7 +344,7 @@ def _meets_slo(slo: dict, values: dict) -> np.ndarray:
     return good
 
 
-def _stage_samples(smp: _Samples, req: _Requests, ok_sel: np.ndarray, gap_sel) -> dict:
+def _stage_samples(smp: _Samples, req: Columns, ok_sel: np.ndarray, gap_sel) -> dict:
     """{metric: (samples, N)} for the successful requests picked by ok_sel."""
     ok_idx = np.flatnonzero(req.success)[ok_sel]
     inputs, outputs = req.input_tokens[ok_idx], req.output_tokens[ok_idx]
@@ -404,27 +385,26 @@ def compute(records: list[dict] | Columns, profile: str = "default", max_concurr
     if profile not in PROFILES:
         raise ValueError(f"unknown metric profile {profile!r}; expected one of {PROFILES}")
     cols = records if isinstance(records, Columns) else from_records(records)
-    req = _requests(cols)
-    req.end = _first_last(cols.offsets, cols.counts)[1]  # before the offsets are used up
+    end = _first_last(cols.offsets, cols.counts)[1]  # each request's last event, before they are used up
     counts, offsets, kinds = _ok_events(cols)
     if stream is None:
         stream = not counts.size or bool((counts > 1).any())
-    smp = _samples(counts, offsets, kinds, req.output_tokens[req.success], profile, stream)
+    smp = _samples(counts, offsets, kinds, cols.output_tokens[cols.success], profile, stream)
     del offsets, kinds
 
-    stages = [(TOTAL, None)] + [(name, code) for code, name in enumerate(req.stage_names) if name != TOTAL]
-    ok_stage = req.stage[req.success]
+    stages = [(TOTAL, None)] + [(name, code) for code, name in enumerate(cols.stage_names) if name != TOTAL]
+    ok_stage = cols.stage[cols.success]
     gap_stage = np.repeat(ok_stage, smp.itl_per_request) if len(stages) > 1 else None
     perf, common = [], []
     # total last: its ITL statistics may reorder the pooled gaps that the stages select from
     for name, code in reversed(stages):
-        sel = np.ones(req.stage.size, bool) if code is None else req.stage == code
+        sel = np.ones(cols.stage.size, bool) if code is None else cols.stage == code
         ok_sel = np.ones(ok_stage.size, bool) if code is None else ok_stage == code
         gap_sel = None if code is None else gap_stage == code
-        perf += _perf_rows(name, _stage_samples(smp, req, ok_sel, gap_sel), profile, stream)
+        perf += _perf_rows(name, _stage_samples(smp, cols, ok_sel, gap_sel), profile, stream)
         # the configured peak belongs to the whole run; a stage reports its measured peak
         stage_max = max_concurrency if code is None else None
-        common += _common_rows(name, req, sel, smp, ok_sel, profile, stream, stage_max, slo)
+        common += _common_rows(name, cols, end, sel, smp, ok_sel, profile, stream, stage_max, slo)
     order = [name for name, _ in stages]
     return Results(profile, _order(perf, PERF_COLUMNS, order), _order(common, COMMON_COLUMNS, order), stream)
 
