@@ -1,8 +1,9 @@
 """A run's records as columns: per-request arrays, and every SSE event's offset and kind back to back.
 
 Metrics and plots work on these arrays. They are built one record at a time, straight from the lines
-of records.jsonl, so a run of a million requests (~130 million events) takes ~1.3 GB, where the same
-records as Python objects would take ~15 GB. orjson parses the lines (about 4x faster than json).
+of records.jsonl (orjson: about 4x faster than json), never as a list of record dicts: a million
+requests of ~130 events take ~1.2 GB here, and would take over ten times that as Python objects. A
+big file is read by several processes (read_columns).
 """
 from __future__ import annotations
 
