@@ -7,7 +7,9 @@ The receive loop does the least possible work per line: `readline` on the gevent
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import json
+import math
 import re
 import select
 import time
@@ -95,7 +97,9 @@ class ChatClient:
         o = self._origin
         http = HTTPClient(o.hostname, o.port, ssl=o.scheme == "https", connection_timeout=self.timeout,
                           network_timeout=self._header_sock_timeout, concurrency=1, insecure=True)
-        http._connection_pool._is_socket_alive = _idle_socket_alive  # see there
+        pool = http._connection_pool
+        pool._is_socket_alive = _idle_socket_alive  # see there
+        pool._resolve = _cached_resolve(pool._resolve, o.hostname, o.port)
         return http
 
     def _renew(self) -> None:
@@ -238,6 +242,30 @@ class ChatClient:
 
 
 _poll = monkey.get_original("select", "poll")
+DNS_TTL_S = 10.0  # as aiohttp's DNS cache
+_resolved: dict[tuple, tuple[float, list]] = {}  # (host, port) -> (expires, getaddrinfo answer)
+
+
+def _cached_resolve(resolve, host: str, port: int | None):
+    """geventhttpclient resolves the host for every new connection, in gevent's thread pool: the
+    answer comes back only when the event loop next comes round (21 ms with 50 busy greenlets, measured)
+    and it is after t_send, so it was in the TTFT of every request to a server that closes each
+    connection (llama.cpp's does). Answers are shared by all users and kept DNS_TTL_S seconds (an IP
+    address for good)."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        ttl = math.inf
+    except ValueError:
+        ttl = DNS_TTL_S
+
+    def cached():
+        key = (host, port)
+        hit = _resolved.get(key)
+        now = time.monotonic()
+        if hit is None or hit[0] < now:
+            hit = _resolved[key] = (now + ttl, resolve())
+        return hit[1]
+    return cached
 
 
 def _idle_socket_alive(sock) -> bool:

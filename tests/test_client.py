@@ -131,3 +131,25 @@ def test_idle_connection_check_answers_without_yielding():
     assert not _idle_socket_alive(ours)  # closed here
     gevent.sleep(0)
     assert ran
+
+
+def test_host_is_resolved_once_not_per_connection(monkeypatch):
+    """A new connection (llama.cpp's server closes every one) must not wait for a DNS lookup in
+    gevent's thread pool after t_send: answers are shared by the users and kept (an IP for good)."""
+    from geventhttpclient.connectionpool import ConnectionPool
+
+    from benchmark import client
+
+    calls = []
+    real = ConnectionPool._resolve
+    monkeypatch.setattr(ConnectionPool, "_resolve", lambda self: calls.append(1) or real(self))
+    monkeypatch.setattr(client, "_resolved", {})
+    a, b = client.ChatClient("http://127.0.0.1:9"), client.ChatClient("http://127.0.0.1:9")
+    for c in (a, b, a):
+        assert c.http._connection_pool._resolve()[0][-1] == ("127.0.0.1", 9)
+    assert len(calls) == 1
+    monkeypatch.setattr(client, "DNS_TTL_S", 0.0)  # a name is looked up again once its answer expires
+    named = client.ChatClient("http://localhost:9")
+    named.http._connection_pool._resolve()
+    named.http._connection_pool._resolve()
+    assert len(calls) == 3
