@@ -18,6 +18,7 @@ from time import perf_counter
 from urllib.parse import urlsplit
 
 import gevent
+import orjson
 from gevent import monkey
 from geventhttpclient import HTTPClient
 from geventhttpclient.response import HTTPConnectionClosed
@@ -460,10 +461,11 @@ def _classify(obj: dict) -> tuple[str, str, str, str | None]:
 
 
 def _decode_all(payloads: list[bytes]) -> list:
-    """Every payload parsed; a broken one becomes its ValueError. One json.loads over a joined
-    array is ~3x faster than one call per line, which matters when many streams end together."""
+    """Every payload parsed; a broken one becomes its ValueError. One orjson.loads over a joined
+    array is ~6x faster than one json.loads per line, which matters when many streams end together;
+    anything it refuses (NaN, a broken line, a huge integer) is parsed line by line with json."""
     try:
-        objs = json.loads(b"[" + b",".join(payloads) + b"]")
+        objs = orjson.loads(b"[" + b",".join(payloads) + b"]")
         if len(objs) == len(payloads):
             return objs
     except (ValueError, RecursionError):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 
+import orjson
+
 FIELDS = (
     "id", "worker", "user", "stage", "dataset", "prompt_index", "t_sched", "t_send", "events",
     "input_tokens", "output_tokens", "token_source", "completion", "reasoning", "finish_reason",
@@ -44,13 +46,29 @@ class RecordSink:
         self.count = 0
 
     def write(self, record: dict) -> None:
-        os.write(self._fd, (json.dumps(record, ensure_ascii=False) + "\n").encode())
+        # orjson: ~6x faster than json.dumps, and this runs for every request inside the load test
+        try:
+            line = orjson.dumps(record, default=_plain)
+        except TypeError:  # e.g. a lone surrogate in the text (half an emoji): json escapes it
+            line = json.dumps(record, default=_plain).encode()
+        os.write(self._fd, line + b"\n")
         self.count += 1
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _plain(value):
+    """What orjson leaves to us (numpy numbers, subclasses of float and int), written as json would."""
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, int):
+        return int(value)
+    if hasattr(value, "item"):  # a numpy scalar
+        return value.item()
+    raise TypeError(f"a record field of type {type(value).__name__} cannot be written as JSON")
 
 
 def read_records(path: str) -> tuple[list[dict], int]:

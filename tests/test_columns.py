@@ -97,3 +97,15 @@ def test_several_processes_work_inside_locust_gevent_patched_process(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(path)], cwd=Path(__file__).resolve().parent.parent,
                        capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "ok", r.stderr[-1500:]
+
+
+def test_sink_writes_every_record_whatever_its_values(tmp_path):
+    """The sink's fast writer (orjson) leaves some values to json; no record is ever dropped."""
+    from benchmark.records import RecordSink, read_records
+    sink = RecordSink(str(tmp_path / "records.jsonl"))
+    sink.write(new_record(id=np.int64(7), t_sched=np.float64(1.5), completion="héllo ✓", success=True))
+    sink.write(new_record(id=8, completion="half an emoji \ud83d", success=True))
+    sink.close()
+    first, second = read_records(str(tmp_path / "records.jsonl"))[0]
+    assert (first["id"], first["t_sched"], first["completion"]) == (7, 1.5, "héllo ✓")
+    assert second["completion"] == "half an emoji \ud83d"
