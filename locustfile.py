@@ -211,6 +211,7 @@ def _on_test_start(environment, **_):
     # the tokens due meanwhile. Frozen objects are skipped, so collections only walk what the test makes.
     gc.collect()
     gc.freeze()
+    State.post.pause_gc()  # and collect only when the loop is idle (idle.py)
     if isinstance(environment.runner, WorkerRunner):
         State.run = Run(cfg, State.model, environment.host, extra,
                         sink=distributed.ShippingSink(environment.runner))
@@ -225,6 +226,7 @@ def _on_test_start(environment, **_):
 def _on_test_stop(environment, **_):
     if State.post:
         State.post.drain()  # every finished request recorded before the tables
+        State.post.resume_gc()
     if State.arrivals:
         State.arrivals.stop()
     if State.collector and State.run:

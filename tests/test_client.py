@@ -153,3 +153,33 @@ def test_host_is_resolved_once_not_per_connection(monkeypatch):
     named.http._connection_pool._resolve()
     named.http._connection_pool._resolve()
     assert len(calls) == 3
+
+
+def test_garbage_is_collected_only_in_idle_time_while_a_test_runs(monkeypatch):
+    """While paused, the cyclic collector never runs by itself; the idle worker runs it every
+    GC_EVERY_S, so cycles are still freed; resuming gives the interpreter its collector back."""
+    import gc
+    import weakref
+
+    import gevent
+
+    from benchmark import idle
+
+    monkeypatch.setattr(idle, "GC_EVERY_S", 0.05)
+    worker = idle.IdleWorker()
+    try:
+        worker.pause_gc()
+        assert not gc.isenabled()
+
+        class Node:
+            pass
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: only the cyclic collector frees it
+        alive = weakref.ref(a)
+        del a, b
+        assert alive() is not None
+        gevent.sleep(0.2)  # the loop is idle: the queued collection runs
+        assert alive() is None
+    finally:
+        worker.resume_gc()
+    assert gc.isenabled()
