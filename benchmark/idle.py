@@ -14,8 +14,8 @@ frees everything else at once, so only cycles wait).
 """
 from __future__ import annotations
 
-import logging
 import gc
+import logging
 from collections import deque
 
 import gevent
