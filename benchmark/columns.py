@@ -167,10 +167,7 @@ class ColumnBuilder:
     def dump(self, f) -> None:
         """Write everything to `f` (a helper process's part): a pickle of the small things, then the
         raw buffers."""
-        meta = {"stage_names": list(self.stage_codes), "stage": self.stage.tobytes(), "any_sched": self.any_sched,
-                "failed": self.failed, "examples": self.examples, "text_sample": self.text_sample,
-                "usage_seen": self._usage_seen, "sources": dict(self.sources), "cancelled": self.cancelled,
-                "excluded": self.excluded, "skipped": self.skipped,
+        meta = {**self._small(), "stage": self.stage.tobytes(),
                 "sizes": [len(getattr(self, name)) for name in self._BUFFERS]}
         pickle.dump(meta, f, protocol=pickle.HIGHEST_PROTOCOL)
         for name in self._BUFFERS:
@@ -194,11 +191,14 @@ class ColumnBuilder:
         """Append another builder's records (read in this process)."""
         for name in self._BUFFERS:
             getattr(self, name).extend(getattr(other, name))
-        meta = {"stage_names": list(other.stage_codes), "any_sched": other.any_sched, "failed": other.failed,
-                "examples": other.examples, "text_sample": other.text_sample, "usage_seen": other._usage_seen,
-                "sources": other.sources, "cancelled": other.cancelled, "excluded": other.excluded,
-                "skipped": other.skipped}
-        self._merge_small(meta, other.stage)
+        self._merge_small(other._small(), other.stage)
+
+    def _small(self) -> dict:
+        """Everything but the buffers and the stage codes: what `_merge_small` joins."""
+        return {"stage_names": list(self.stage_codes), "any_sched": self.any_sched, "failed": self.failed,
+                "examples": self.examples, "text_sample": self.text_sample, "usage_seen": self._usage_seen,
+                "sources": dict(self.sources), "cancelled": self.cancelled, "excluded": self.excluded,
+                "skipped": self.skipped}
 
     def _merge_small(self, meta: dict, part_stage: array) -> None:
         recode = [self.stage_codes.setdefault(name, len(self.stage_codes)) for name in meta["stage_names"]]

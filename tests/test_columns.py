@@ -109,3 +109,21 @@ def test_sink_writes_every_record_whatever_its_values(tmp_path):
     first, second = read_records(str(tmp_path / "records.jsonl"))[0]
     assert (first["id"], first["t_sched"], first["completion"]) == (7, 1.5, "héllo ✓")
     assert second["completion"] == "half an emoji \ud83d"
+
+
+def test_a_helper_that_dies_costs_no_record(tmp_path, monkeypatch):
+    """If a reading helper process fails, its byte range is read in this process instead."""
+    import subprocess
+    import sys
+
+    from benchmark import columns
+    path = tmp_path / "records.jsonl"
+    _write(path, _records(300))
+    one, one_sample = read_columns(str(path), exclude_stages=(WARMUP,), sample_requests=40, processes=1)
+    monkeypatch.setattr(columns, "_spawn", lambda *a: subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"]))
+    many, many_sample = read_columns(str(path), exclude_stages=(WARMUP,), sample_requests=40, processes=3)
+    np.testing.assert_array_equal(one.offsets, many.offsets)
+    np.testing.assert_array_equal(one.stage_of_each(), many.stage_of_each())
+    assert (one.failed, one.examples, one.sources, one.skipped) == (many.failed, many.examples, many.sources,
+                                                                    many.skipped)
+    assert 0 < many_sample.n <= many.n
