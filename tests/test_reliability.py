@@ -423,15 +423,21 @@ def test_retry_on_overload_waits_retry_after_capped(jobs):
 # ------------------------------------------------------------------ stop, all-fail, secrets
 
 
+# Each request of the stop tests takes ~2.3 s (TTFT 2 s + 9 gaps of 30 ms): the closed-loop users send
+# their next request as the previous one ends, so a stop sent 0.25 s after the first wave's records is
+# mid-flight for any client lag under ~2 s (a busy machine's loop lag was 0.35-0.42 s at p99 with 300 ms).
+STOP_TTFT_MS = 2000
+
+
 def _stop_job(sig):
     def job(out_dir):
         cmd = locust_cmd(os.path.join(out_dir, "runs"), "--dataset", "custom", "--dataset-path",
                          _dataset(out_dir), "--json-file", os.path.join(out_dir, "locust"), "-u", "4", "-r", "4",
-                         "-t", "60s", "--sim-ttft-ms", "300", "--sim-itl-ms", "30", "--max-out-len", "10")
+                         "-t", "60s", "--sim-ttft-ms", str(STOP_TTFT_MS), "--sim-itl-ms", "30", "--max-out-len", "10")
 
         def during(proc, info):
             _wait_lines(os.path.join(out_dir, "runs", "*", "records.jsonl"), 4, proc)
-            time.sleep(0.25)  # a new wave of requests is in flight (each takes ~0.6 s)
+            time.sleep(0.25)  # the next wave was sent as the first ended, and is in flight for ~2.3 s
             info["signalled_at"] = time.time()
             proc.send_signal(sig)
         res = _run_popen(out_dir, cmd, during)
@@ -473,7 +479,7 @@ def _web_stop_job(out_dir):
     port = free_port()
     cmd = [sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "locustfile.py"), "--web-host", "127.0.0.1",
            "--web-port", str(port), "--output-dir", os.path.join(out_dir, "runs"), "--dataset", "custom",
-           "--dataset-path", _dataset(out_dir), "--sim-ttft-ms", "300", "--sim-itl-ms", "30", "--max-out-len", "10",
+           "--dataset-path", _dataset(out_dir), "--sim-ttft-ms", str(STOP_TTFT_MS), "--sim-itl-ms", "30", "--max-out-len", "10",
            "--api-key", SECRET]
     ui = f"http://127.0.0.1:{port}"
 
