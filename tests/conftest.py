@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -55,9 +56,19 @@ def locust_cmd(out_dir, *args) -> list[str]:
             "--output-dir", str(out_dir), "--only-summary", *args]
 
 
-def run_locust(out_dir, *args, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run(locust_cmd(out_dir, *args), capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+def run_locust(out_dir, *args, timeout=120, watch: RunQueueWait | None = None) -> subprocess.CompletedProcess:
+    """One headless run to its end; `watch` also watches the Locust process's run-queue wait."""
+    cmd = locust_cmd(out_dir, *args)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) as proc:
+        if watch is not None:
+            watch.watch(proc.pid)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def perf_csv(run: str) -> str:
@@ -70,19 +81,65 @@ def run_dirs(out_dir) -> list[str]:
     return sorted(d for d in glob.glob(os.path.join(str(out_dir), "*")) if os.path.isdir(d))
 
 
-def scheduling_lag_ms(n: int = 40, sleep_s: float = 0.002) -> float:
-    """How late this process wakes from a short sleep (p90 of n sleeps, ms): the machine's scheduling noise.
+class RunQueueWait:
+    """How long the watched processes waited, runnable, for a CPU: the scheduling noise of a busy machine.
 
-    Timing assertions add a few of these to their upper bounds (one per wake-up between the event and
-    its reading), so a busy machine is allowed for by a figure the test measured, and callers cap the
-    allowance so that a client or server 2x off is still caught.
+    Reads each process's /proc/PID/schedstat (time on the CPU, time waiting on a run queue, time slices)
+    every 50 ms in a thread, from `watch(pid)` until the block ends; `ms` is the mean wait per time slice,
+    summed over the watched processes (a token crosses each of them: the server writes it, the client
+    reads it). On a quiet machine it is ~0.01 ms; with four CPU burners on 2 cores, 0.5-2 ms. Timing
+    assertions add a multiple of it to their upper bounds, capped so that 2x off always fails.
+
+        with RunQueueWait(sim.pid) as rq:
+            ...
+        late_ms = min(5 + 4 * rq.ms, 40)
     """
-    lags = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        time.sleep(sleep_s)
-        lags.append((time.perf_counter() - t0 - sleep_s) * 1000)
-    return sorted(lags)[int(0.9 * (n - 1))]
+
+    def __init__(self, *pids: int):
+        self._first: dict[int, tuple[int, int]] = {}
+        self._last: dict[int, tuple[int, int]] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        for pid in pids:
+            self.watch(pid)
+
+    @staticmethod
+    def _read(pid: int):
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                _, wait_ns, slices = map(int, f.read().split()[:3])
+            return wait_ns, slices
+        except (OSError, ValueError):
+            return None  # gone, or not Linux
+
+    def watch(self, pid: int) -> None:
+        now = self._read(pid)
+        if now:
+            self._first.setdefault(pid, now)
+            self._last[pid] = now
+
+    def _poll(self) -> None:
+        while not self._done.wait(0.05):
+            for pid in list(self._first):
+                self.watch(pid)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+        for pid in list(self._first):
+            self.watch(pid)
+
+    @property
+    def ms(self) -> float:
+        total = 0.0
+        for pid, (w0, n0) in self._first.items():
+            w1, n1 = self._last[pid]
+            total += (w1 - w0) / 1e6 / max(n1 - n0, 1)
+        return total
 
 
 def wait_for_http(url: str, proc, timeout: float = 30, why=lambda: "") -> None:

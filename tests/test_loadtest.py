@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from benchmark.records import read_records
-from conftest import ROOT, free_port, locust_cmd, pid_alive, run_dirs, run_locust, wait_for_http
+from conftest import ROOT, RunQueueWait, free_port, locust_cmd, pid_alive, run_dirs, run_locust, wait_for_http
 
 
 def token_times(rec):
@@ -22,8 +22,9 @@ def token_times(rec):
 
 def test_timing_fidelity_against_the_simulator(tmp_path, start_sim):
     sim = start_sim("--ttft-ms", "100", "--itl-ms", "20")
-    res = run_locust(tmp_path, "--host", sim.url, "-u", "8", "-r", "8", "-t", "7s",
-                     "--max-out-len", "32", "--ignore-eos")
+    with RunQueueWait(sim.pid) as rq:
+        res = run_locust(tmp_path, "--host", sim.url, "-u", "8", "-r", "8", "-t", "7s",
+                         "--max-out-len", "32", "--ignore-eos", watch=rq)
     assert res.returncode == 0, res.stderr[-2000:]
     (run,) = run_dirs(tmp_path)
     records, skipped = read_records(os.path.join(run, "records.jsonl"))
@@ -31,8 +32,11 @@ def test_timing_fidelity_against_the_simulator(tmp_path, start_sim):
     assert skipped == 0 and len(ok) >= 40, (len(ok), [r["error"] for r in records if not r["success"]][:3])
     ttft = np.array([token_times(r)[0] for r in ok]) * 1000
     gaps = np.concatenate([np.diff(token_times(r)) for r in ok]) * 1000
-    assert abs(np.median(ttft) - 100) < 5, np.median(ttft)
-    assert abs(np.median(gaps) - 20) < 1, np.median(gaps)
+    # 5 ms, plus a few run-queue waits of the simulator and the client measured during the run (~0 on a
+    # quiet machine, 0.5-2 ms beside four CPU burners), capped so that a 2x-off client always fails
+    late = min(5 + 4 * rq.ms, 40)
+    assert 99.5 <= np.median(ttft) < 100 + late, (np.median(ttft), rq.ms)
+    assert abs(np.median(gaps) - 20) < min(1 + rq.ms, 5), (np.median(gaps), rq.ms)
     # No block buffering: 1 KiB blocks would merge ~5 of these ~180-byte events each, making most
     # gaps ~0. A rare ~0 gap remains possible when this 2-core machine descheduled the client or
     # the simulator and two events landed in one read.
