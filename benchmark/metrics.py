@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import stats
 from .columns import Columns, from_records, token_mask
 from .records import TOKEN_KINDS
 
@@ -70,6 +71,7 @@ class Results:
     perf: pd.DataFrame     # PERF_COLUMNS; NaN where a metric cannot be measured (non-stream)
     common: pd.DataFrame   # COMMON_COLUMNS; Value float (NaN where not measurable)
     stream: bool = True
+    intervals: pd.DataFrame | None = None  # stats.CI_COLUMNS: a confidence interval per statistic
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +239,9 @@ def _aisbench_round(metric: str, values: list[float]) -> list[float]:
     return [round(v, 4) for v in values]
 
 
-def _perf_rows(stage: str, s: dict, profile: str, stream: bool) -> list[list]:
+def _perf_rows(stage: str, s: dict, profile: str, stream: bool, itl_counts: np.ndarray,
+               intervals: list[list]) -> list[list]:
+    """The stage's per-request table rows; appends the rows of their confidence intervals to `intervals`."""
     rows = []
     for metric in PERF_METRICS:
         if metric not in s or (profile == "aisbench" and metric == "PrefillTokenThroughput"):
@@ -246,12 +250,48 @@ def _perf_rows(stage: str, s: dict, profile: str, stream: bool) -> list[list]:
         if not stream and metric in ("TTFT", "TPOT", "ITL", "PrefillTokenThroughput"):
             values, n = [np.nan] * len(STATS), 0
         else:
+            # ITL's interval first: it reads the gaps in request order, which the statistics reorder
+            itl_bounds = _itl_bounds(samples, itl_counts) if metric == "ITL" else None
             values = _stats(samples, overwrite=metric == "ITL")
+            intervals += _interval_rows(metric, stage, samples, values, itl_counts, itl_bounds)
             if profile == "aisbench":
                 values = _aisbench_round(metric, values)
             elif metric in MS_METRICS:
                 values = [v * 1000 for v in values]
         rows.append([metric, stage, *values, int(n)])
+    return rows
+
+
+_CI_STATS = (("Average", None), ("Median", 0.50), ("P75", 0.75), ("P90", 0.90), ("P99", 0.99))
+
+
+def _itl_bounds(gaps: np.ndarray, counts: np.ndarray) -> dict:
+    """{statistic: (lo, hi)} for the pooled ITL gaps, which come in requests (cluster-robust; stats.py).
+    Reorders `gaps` in place (its last step is a quantile over them)."""
+    mean_ci, q_ci = stats.clustered_intervals(gaps, counts, tuple(q for _, q in _CI_STATS[1:]), overwrite=True)
+    return {"Average": mean_ci, **{name: q_ci[q] for name, q in _CI_STATS[1:]}}
+
+
+def _interval_rows(metric: str, stage: str, samples: np.ndarray, values: list[float], itl_counts: np.ndarray,
+                   itl_bounds: dict | None) -> list[list]:
+    """A 95 % interval for the Average and each percentile of one metric, in display units, unrounded.
+
+    values: the metric's unrounded statistics (STATS order, seconds for ms metrics). Independent
+    per-request samples get the t interval and the order-statistic one; ITL gaps get `itl_bounds`."""
+    scale = 1000.0 if metric in MS_METRICS else 1.0
+    estimate = dict(zip(STATS, values))
+    if itl_bounds is not None:
+        n, method, bounds = int((itl_counts > 0).sum()), "cluster-robust over requests", itl_bounds
+    else:
+        x = samples[np.isfinite(samples)]
+        n, method = int(x.size), "t / order statistics"
+        bounds = {"Average": stats.mean_interval(x), **{name: stats.quantile_interval(x, q)
+                                                        for name, q in _CI_STATS[1:]}}
+    rows = []
+    for name, q in _CI_STATS:
+        lo, hi = (b * scale for b in bounds[name])
+        value = estimate[name] * scale if n else np.nan
+        rows.append([metric, stage, name, value, lo, hi, n, method, stats.thin_note(name, q, n, value, lo, hi)])
     return rows
 
 
@@ -395,18 +435,54 @@ def compute(records: list[dict] | Columns, profile: str = "default", max_concurr
     stages = [(TOTAL, None)] + [(name, code) for code, name in enumerate(cols.stage_names) if name != TOTAL]
     ok_stage = cols.stage[cols.success]
     gap_stage = np.repeat(ok_stage, smp.itl_per_request) if len(stages) > 1 else None
-    perf, common = [], []
+    perf, common, intervals = [], [], []
     # total last: its ITL statistics may reorder the pooled gaps that the stages select from
     for name, code in reversed(stages):
         sel = np.ones(cols.stage.size, bool) if code is None else cols.stage == code
         ok_sel = np.ones(ok_stage.size, bool) if code is None else ok_stage == code
         gap_sel = None if code is None else gap_stage == code
-        perf += _perf_rows(name, _stage_samples(smp, cols, ok_sel, gap_sel), profile, stream)
+        perf += _perf_rows(name, _stage_samples(smp, cols, ok_sel, gap_sel), profile, stream,
+                           smp.itl_per_request[ok_sel], intervals)
         # the configured peak belongs to the whole run; a stage reports its measured peak
         stage_max = max_concurrency if code is None else None
         common += _common_rows(name, cols, end, sel, smp, ok_sel, profile, stream, stage_max, slo)
     order = [name for name, _ in stages]
-    return Results(profile, _order(perf, PERF_COLUMNS, order), _order(common, COMMON_COLUMNS, order), stream)
+    return Results(profile, _order(perf, PERF_COLUMNS, order), _order(common, COMMON_COLUMNS, order), stream,
+                   _order(intervals, stats.CI_COLUMNS, order))
+
+
+@dataclass
+class RequestSamples:
+    """The successful requests' samples in display units (ms, tokens, token/s), `cols` left unchanged.
+
+    values[metric]: one value per successful request for every metric of PERF_METRICS except ITL (NaN
+    where unmeasured); itl: the pooled gaps in ms, request after request, itl_counts[i] of them for
+    request i (so a resampling of requests can carry their gaps along)."""
+    stage: np.ndarray          # stage name of each successful request (object array)
+    t_send: np.ndarray         # epoch s
+    values: dict
+    itl: np.ndarray
+    itl_counts: np.ndarray
+    stream: bool
+
+
+def request_samples(cols: Columns, profile: str = "default", stream: bool | None = None) -> RequestSamples:
+    """Per-request samples of a run's successful requests, by the same definitions as `compute`."""
+    counts, offsets, kinds = cols.counts, cols.offsets.copy(), cols.kinds
+    if not cols.success.all():
+        keep = np.repeat(cols.success, counts)
+        offsets, kinds, counts = offsets[keep], kinds[keep], counts[cols.success]
+    if stream is None:
+        stream = not counts.size or bool((counts > 1).any())
+    smp = _samples(counts, offsets, kinds, cols.output_tokens[cols.success], profile, stream)
+    per = _stage_samples(smp, cols, np.ones(counts.size, bool), None)
+    values = {m: np.asarray(v, np.float64) * (1000 if m in MS_METRICS else 1)
+              for m, (v, _) in per.items() if m != "ITL"}
+    if not stream:
+        for m in ("TTFT", "TPOT", "PrefillTokenThroughput"):
+            values[m] = np.full(counts.size, np.nan)
+    return RequestSamples(cols.stage_of_each()[cols.success], cols.t_send[cols.success], values,
+                          smp.itl * 1000, smp.itl_per_request, stream)
 
 
 def _order(rows: list[list], columns: tuple, stages: list[str]) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import re
 import sys
 import time
 
-from . import __version__, health, metrics, tables, tokens
+from . import __version__, health, metrics, stats, tables, tokens
 from .datasets import Prompt
 from .options import RunConfig
 from .columns import CANCELLED, WARMUP, read_columns
@@ -197,6 +197,7 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
     perf_dir = os.path.join(run_dir, "performances", config.get("model_abbr", "model"))
     csv_path, json_path = tables.write(results, perf_dir, config.get("dataset_abbr", "dataset"))
     curve_path = tables.write_curve(results, perf_dir, config.get("dataset_abbr", "dataset"))
+    ci_paths = tables.write_intervals(results, perf_dir, config.get("dataset_abbr", "dataset"))
     if echo:
         print(tables.console(results))
         failures = failure_text(failed, n)
@@ -212,7 +213,12 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
         print(tokens.source_summary(cols.sources, cols.text_sample, config.get("tokenizer")))
         if skipped:
             print(f"note: {skipped} unreadable line(s) in records.jsonl skipped (cut short by a crash?)")
+        thin = tables.thin_notes(results)
+        if thin:
+            print(f"Thin figures ({len(thin)}): " + "; ".join(thin[:6]) + ("; ..." if len(thin) > 6 else ""))
         print(f"Results written to {csv_path} and {json_path}")
+        if ci_paths:
+            print(f"{stats.LEVEL:.0%} confidence intervals written to {ci_paths[0]} and {ci_paths[1]}")
         if curve_path:
             print(f"Latency vs throughput per stage written to {curve_path}")
     if html:

@@ -17,6 +17,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from .metrics import COUNT_METRICS, MS_METRICS, PERF_COLUMNS, RATE_METRICS, Results
+from .stats import CI_COLUMNS, LEVEL
 
 MISSING = "-"
 COMMON_HEADERS = ("Common Metric", "Stage", "Value")
@@ -101,6 +102,48 @@ def write(results: Results, perf_dir: str, dataset: str) -> tuple[str, str]:
         json.dump(common_dict(results), f, indent=4, ensure_ascii=False)
     return csv_path, json_path
 
+
+
+def interval_rows(results: Results) -> list[list]:
+    """The confidence intervals as CI_COLUMNS rows of strings: bounds in the table's units ("" = open)."""
+    rows = []
+    for metric, stage, stat, value, lo, hi, n, method, note in results.intervals.itertuples(index=False):
+        def show(v):
+            return "" if v is None or math.isnan(v) else perf_value(metric, v, "default")
+        rows.append([metric, stage, stat, show(value), show(lo), show(hi), str(int(n)), method, note])
+    return rows
+
+
+def write_intervals(results: Results, perf_dir: str, dataset: str) -> tuple[str, str] | None:
+    """<dataset>_ci.csv and <dataset>_ci.json beside AISBench's two files (which keep their exact layout):
+    a 95 % interval for every Average and percentile of the per-request table. Returns the paths."""
+    if results.intervals is None:
+        return None
+    csv_path = os.path.join(perf_dir, f"{dataset}_ci.csv")
+    json_path = os.path.join(perf_dir, f"{dataset}_ci.json")
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow((*CI_COLUMNS[:3], "Value", f"Lower {LEVEL:.0%}", f"Upper {LEVEL:.0%}", *CI_COLUMNS[6:]))
+        writer.writerows(interval_rows(results))
+    out: dict = {"level": LEVEL, "metrics": {}}
+    for metric, stage, stat, value, lo, hi, n, method, note in results.intervals.itertuples(index=False):
+        def num(v):
+            return None if v is None or math.isnan(v) else float(v)
+        out["metrics"].setdefault(metric, {}).setdefault(stage, {})[stat] = {
+            "value": num(value), "lower": num(lo), "upper": num(hi), "n": int(n), "method": method,
+            **({"note": note} if note else {})}
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=2, ensure_ascii=False)
+    return csv_path, json_path
+
+
+def thin_notes(results: Results, stage: str = "total") -> list[str]:
+    """Figures too thin to mean much (the intervals' notes), for the console and the report."""
+    if results.intervals is None:
+        return []
+    ci = results.intervals
+    rows = ci[(ci["Stage"] == stage) & (ci["Note"] != "")]
+    return [f"{metric} {note}" for metric, note in zip(rows["Performance Parameters"], rows["Note"])]
 
 
 def curve(results: Results) -> pd.DataFrame | None:

@@ -71,9 +71,18 @@ def run_locust(out_dir, *args, timeout=120, watch: RunQueueWait | None = None) -
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+COMPANIONS = ("_curve", "_ci")  # performances/<abbr>/<dataset>_curve.csv, _ci.csv/.json beside AISBench's two
+
+
+def aisbench_files(run: str, ext: str) -> list[str]:
+    """AISBench's own files of a run folder: performances/<model_abbr>/<dataset>.csv or .json."""
+    return [p for p in glob.glob(os.path.join(run, "performances", "*", f"*.{ext}"))
+            if not p[:-len(ext) - 1].endswith(COMPANIONS)]
+
+
 def perf_csv(run: str) -> str:
-    """The run's per-request table (performances/<model_abbr>/<dataset>.csv; not the stage curve)."""
-    (path,) = [p for p in glob.glob(os.path.join(run, "performances", "*", "*.csv")) if not p.endswith("_curve.csv")]
+    """The run's per-request table (performances/<model_abbr>/<dataset>.csv; not its companions)."""
+    (path,) = aisbench_files(run, "csv")
     return path
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from benchmark.records import read_records
 from benchmark.report import render
-from conftest import ROOT, free_port, wait_for_http
+from conftest import ROOT, free_port, perf_csv, wait_for_http
 from test_report import XSS, synthetic_records, write_run
 
 CHROMIUM = os.environ.get("LLM_TESTING_CHROMIUM", "/usr/bin/chromium")
@@ -170,7 +170,7 @@ def test_web_ui_llm_tab_fills_live_and_links_the_report(tmp_path, page):
         records, _ = read_records(os.path.join(run_dir, "records.jsonl"))
         ttft = next(r for r in stats["rows"] if r["metric"] == "TTFT (ms)")
         assert ttft["n"] == sum(r["success"] for r in records) > 0
-        csv = next(open(p).read() for p in _glob(run_dir, "performances/*/*.csv"))
+        csv = open(perf_csv(run_dir)).read()
         median = float(re.search(r"^TTFT,total,[^,]+,[^,]+,[^,]+,([\d.]+) ms", csv, re.M).group(1))
         assert abs(ttft["p50"] - median) <= 0.006, (ttft, median)
 

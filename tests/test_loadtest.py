@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from benchmark.records import read_records
-from conftest import ROOT, RunQueueWait, free_port, locust_cmd, pid_alive, run_dirs, run_locust, wait_for_http
+from conftest import ROOT, RunQueueWait, aisbench_files, free_port, locust_cmd, pid_alive, run_dirs, run_locust, wait_for_http
 
 
 def token_times(rec):
@@ -200,4 +200,4 @@ def test_web_ui_start_stop_writes_a_run_folder(tmp_path):
 
 def glob_csv(out_dir):
     import glob
-    return glob.glob(os.path.join(str(out_dir), "*", "performances", "*", "*.csv"))
+    return [p for run in glob.glob(os.path.join(str(out_dir), "*")) for p in aisbench_files(run, "csv")]

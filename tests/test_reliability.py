@@ -24,7 +24,7 @@ from benchmark import simulator
 from benchmark.client import ChatClient, _retry_after_s, rejected_field
 from benchmark.records import new_record, read_records
 from benchmark.run import redact_command, report
-from conftest import ROOT, free_port, locust_cmd, pid_alive, wait_for_http
+from conftest import ROOT, aisbench_files, free_port, locust_cmd, pid_alive, wait_for_http
 
 SECRET = "sk-test-SECRET123"
 ENV_SECRET = "sk-env-SECRET456"
@@ -80,9 +80,9 @@ def _collect(res: Ran) -> Ran:
         if os.path.exists(cancelled):
             res.cancelled = read_records(cancelled)[0]
         res.config = json.load(open(os.path.join(res.run_dir, "config.json")))
-        for path in glob.glob(os.path.join(res.run_dir, "performances", "*", "*.json")):
+        for path in aisbench_files(res.run_dir, "json"):
             res.common = json.load(open(path))
-        csvs = glob.glob(os.path.join(res.run_dir, "performances", "*", "*.csv"))
+        csvs = aisbench_files(res.run_dir, "csv")
         res.csv = csvs[0] if csvs else None
     if os.path.exists(os.path.join(res.out_dir, "locust.json")):
         # a list of one entry; empty after SIGTERM, when Locust's shutdown runs twice and the second

@@ -100,8 +100,15 @@ def test_every_section_from_records(tmp_path):
     # the AISBench tables, as formatted for the console
     results = metrics.compute(read_records(os.path.join(run, "records.jsonl"))[0])
     from benchmark import tables
+    plain = re.sub(r' title="[^"]*"|<sup class="thin">†</sup>', "", html.replace("\n", ""))
     for row in tables.perf_rows(results):
-        assert f"<td>{row[0]}</td>" + "".join(f'<td class="n">{v}</td>' for v in row[2:]) in html.replace("\n", "")
+        assert f"<td>{row[0]}</td>" + "".join(f'<td class="n">{v}</td>' for v in row[2:]) in plain
+    # each statistic's confidence interval rides on its cell, and brackets the value shown
+    ci = results.intervals.set_index(["Performance Parameters", "Stage", "Statistic"])
+    lo, hi, value = ci.loc[("TTFT", "total", "Median"), ["Lower", "Upper", "Value"]]
+    assert lo <= value <= hi and lo < hi
+    assert f'title="95% CI {lo:.3f} ms – {hi:.3f} ms"' in html
+    assert "95% confidence interval" in html
     assert '<td class="n">400</td>' in html and '<td class="n">10</td>' in html  # total / failed
     # every chart is there and has marks in it
     c = charts(html)

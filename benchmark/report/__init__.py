@@ -18,7 +18,7 @@ from collections import Counter
 import numpy as np
 from jinja2 import Environment, FileSystemLoader
 
-from .. import __version__, metrics, tables
+from .. import __version__, metrics, stats, tables
 from ..columns import WARMUP, Columns, read_columns
 from . import plots
 from .data import run_data
@@ -92,6 +92,8 @@ def context(run_dir: str, cols: Columns, plot_sample: Columns, results: metrics.
         "samples": samples(cols.examples),
         "skipped": cols.skipped,
         "profile": results.profile,
+        "ci_stats": CI_STATS,
+        "level": f"{stats.LEVEL:.0%}",
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "version": __version__,
     }
@@ -195,16 +197,27 @@ def stage_rows(results: metrics.Results, stages: list[str], accuracy: dict | Non
     return rows
 
 
+CI_STATS = ("Average", "Median", "P75", "P90", "P99")
+
+
 def table_sets(results: metrics.Results, stages: list[str]) -> list[dict]:
-    """The AISBench tables, one set per stage (total first), values formatted as on the console."""
+    """The AISBench tables, one set per stage (total first), values formatted as on the console, with
+    each statistic's confidence interval ("ci": metric -> stat -> "lo – hi") and the thin-figure notes."""
     perf_rows = tables.perf_rows(results)
     common = tables.common_dict(results)
+    ci_rows = tables.interval_rows(results) if results.intervals is not None else []
     out = []
     for s in ["total", *stages]:
+        ci: dict = {}
+        for metric, stage, stat, _value, lo, hi, _n, _method, note in ci_rows:
+            if stage == s:
+                ci.setdefault(metric, {})[stat] = {"range": f"{lo or 'open'} – {hi or 'open'}", "note": note}
         out.append({
             "stage": s,
             "perf": [r for r in perf_rows if r[1] == s],
             "common": [(m, tables._display(v[s])) for m, v in common.items() if s in v],
+            "ci": ci,
+            "thin": tables.thin_notes(results, s),
         })
     return out
 
