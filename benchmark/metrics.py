@@ -280,18 +280,21 @@ def _interval_rows(metric: str, stage: str, samples: np.ndarray, values: list[fl
     per-request samples get the t interval and the order-statistic one; ITL gaps get `itl_bounds`."""
     scale = 1000.0 if metric in MS_METRICS else 1.0
     estimate = dict(zip(STATS, values))
+    skew = None
     if itl_bounds is not None:
         n, method, bounds = int((itl_counts > 0).sum()), "cluster-robust over requests", itl_bounds
     else:
         x = samples[np.isfinite(samples)]
         n, method = int(x.size), "t / order statistics"
+        skew = stats.cochran_short(x)
         bounds = {"Average": stats.mean_interval(x), **{name: stats.quantile_interval(x, q)
                                                         for name, q in _CI_STATS[1:]}}
     rows = []
     for name, q in _CI_STATS:
         lo, hi = (b * scale for b in bounds[name])
         value = estimate[name] * scale if n else np.nan
-        rows.append([metric, stage, name, value, lo, hi, n, method, stats.thin_note(name, q, n, value, lo, hi)])
+        note = stats.thin_note(name, q, n, value, lo, hi, skew if name == "Average" else None)
+        rows.append([metric, stage, name, value, lo, hi, n, method, note])
     return rows
 
 

@@ -105,6 +105,14 @@ def test_clustered_intervals_with_one_gap_per_request_match_the_binomial_ones():
         assert abs(ci[q][0] - lo) < 0.02 * lo and abs(ci[q][1] - hi) < 0.02 * hi, (q, ci[q], (lo, hi))
 
 
+def test_a_skewed_mean_too_small_for_its_t_interval_is_flagged():
+    rng = np.random.default_rng(4)
+    heavy = rng.lognormal(0, 1.2, 300)       # skewness ~5-10: Cochran wants thousands
+    assert stats.cochran_short(heavy) is not None
+    assert "likely too narrow" in stats.thin_note("Average", None, 300, 1.0, 0.8, 1.2, stats.cochran_short(heavy))
+    assert stats.cochran_short(rng.normal(100, 2, 300)) is None
+
+
 def test_thin_notes_name_the_problem():
     assert stats.thin_note("P99", 0.99, 40, 10.0, 9.0, np.nan) == "P99 of 40 samples rests on the 2 largest values"
     assert "upper bound open" in stats.thin_note("P90", 0.9, 25, 10.0, 9.0, np.nan)
