@@ -1,4 +1,4 @@
-"""`python -m benchmark report RUN_DIR | accuracy RUN_DIR | simulate [options]`: post-processing and the simulator, no load."""
+"""`python -m benchmark report RUN_DIR | accuracy RUN_DIR | compare BASE NEW | simulate [options]`: post-processing and the simulator, no load."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
         from .simulator import main as simulate
         return simulate(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmark")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{report,accuracy,simulate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{report,accuracy,compare,simulate}")
     rep = sub.add_parser("report", help="recompute the tables and report.html of a run from its records.jsonl")
     rep.add_argument("run_dir")
     rep.add_argument("--metric-profile", choices=("default", "aisbench"), default=None,
@@ -21,9 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     acc = sub.add_parser("accuracy", help="score a run's completions (GSM8K rules) from its records.jsonl")
     acc.add_argument("run_dir")
     acc.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    from .compare import add_parser as add_compare
+    add_compare(sub)
     sub.add_parser("simulate", help="run the built-in OpenAI-compatible simulator (see --help)")
     args = parser.parse_args(argv)
 
+    if args.command == "compare":
+        from .compare import run as compare_run
+        return compare_run(args)
     if args.command == "accuracy":
         from .accuracy import main as accuracy_main
         return accuracy_main(args.run_dir, progress=not args.no_progress)

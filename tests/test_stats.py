@@ -11,7 +11,6 @@ import pytest
 from scipy import stats as sps
 
 from benchmark import metrics, stats
-from benchmark.columns import from_records
 from benchmark.records import new_record
 
 

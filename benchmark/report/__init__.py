@@ -51,12 +51,16 @@ def render(run_dir: str, out_path: str | None = None, *, cols: Columns | None = 
         results = metrics.compute(cols, profile=config.get("metric_profile", "default"),
                                   max_concurrency=config.get("max_users"), stream=config.get("stream", True), **extra)
     html = _env.get_template("report.html.j2").render(**context(run_dir, cols, plot_sample, results, config))
-    out_path = out_path or os.path.join(run_dir, "report.html")
+    return write_html(html, out_path or os.path.join(run_dir, "report.html"))
+
+
+def write_html(html: str, out_path: str) -> str:
+    """Write a page to out_path at once (a browser refreshing it never sees half a file); returns the path."""
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = f"{out_path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(html)
-    os.replace(tmp, out_path)  # a browser refreshing the page never sees half a file
+    os.replace(tmp, out_path)
     return out_path
 
 
