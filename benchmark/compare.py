@@ -409,7 +409,7 @@ def _pool(side: Side, stages: list[str], slo: dict | None) -> _Pooled:
         itl.append(s.itl)
         owner.append(np.repeat(np.arange(n, dtype=np.int64) + offset, s.itl_counts))
         if slo:
-            good.append(metrics._meets_slo(slo, {"ttft": s.values["TTFT"] / 1000, "tpot": s.values["TPOT"] / 1000,
+            good.append(metrics.meets_slo(slo, {"ttft": s.values["TTFT"] / 1000, "tpot": s.values["TPOT"] / 1000,
                                                   "e2el": s.values["E2EL"] / 1000}))
         offset += n
     durations = {st: np.array([_common_value(res, "Benchmark Duration", st) / 1000 for res in side.results])

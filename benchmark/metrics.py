@@ -354,7 +354,7 @@ def _common_rows(stage: str, req: Columns, end: np.ndarray, sel: np.ndarray, smp
             value = round(value, 4)
         rows.append([name, stage, value, unit])
     if slo:
-        good = _meets_slo(slo, {"ttft": ttft, "tpot": smp.tpot[ok_sel], "e2el": e2el})
+        good = meets_slo(slo, {"ttft": ttft, "tpot": smp.tpot[ok_sel], "e2el": e2el})
         rows += [["SLO Attainment", stage, 100.0 * good.sum() / total if total else 0.0, "%"],
                  ["Goodput", stage, per_d(float(good.sum())), "req/s"],
                  ["Good Output Token Throughput", stage, per_d(float(req.output_tokens[ok_idx][good].sum())),
@@ -367,7 +367,7 @@ SLO_METRICS = ("ttft", "tpot", "e2el")
 
 def record_meets_slo(rec: dict, slo: dict) -> bool:
     """One record against {"ttft"|"tpot"|"e2el": seconds} (default profile definitions), for live
-    decisions such as the capacity search; the tables use the vectorised `_meets_slo`."""
+    decisions such as the capacity search; the tables use the vectorised `meets_slo`."""
     if not rec["success"] or not rec["events"]:
         return False
     tokens = [e[0] for e in rec["events"] if e[1] in TOKEN_KINDS]
@@ -378,7 +378,7 @@ def record_meets_slo(rec: dict, slo: dict) -> bool:
     return all(values[name] <= limit for name, limit in slo.items())
 
 
-def _meets_slo(slo: dict, values: dict) -> np.ndarray:
+def meets_slo(slo: dict, values: dict) -> np.ndarray:
     """Successful requests meeting every limit in `slo` ({"ttft": seconds, ...}); an unmeasured
     value (NaN, e.g. TTFT of a non-streaming request) does not meet it."""
     good = np.ones(len(values["e2el"]), bool)

@@ -82,6 +82,7 @@ def test_report_renders_offline_every_table_and_chart(tmp_path, page):
         if i:  # stages start folded
             sets.nth(i).locator("summary").click()
         assert sets.nth(i).locator("table.perf tr").count() == 9   # header + 8 metrics
+        assert sets.nth(i).locator("table.ci tr").count() == 9     # and each one's intervals
         assert sets.nth(i).locator("table.common tr").count() == 15
     assert page.locator("#stage-table tr").count() == 5
     assert "stream ended without finish_reason" in page.locator("#failure-table").inner_text()

@@ -174,9 +174,10 @@ def test_rate_ramp_needs_a_run_time(tmp_path):
 
 
 def test_capacity_search_finds_the_largest_load_meeting_the_slo(tmp_path, start_sim):
-    """6 answer slots, 34 ms per answer: up to 6 users TTFT is 20 ms; beyond, some queue one answer."""
-    sim = start_sim("--ttft-ms", "20", "--itl-ms", "2", "--max-concurrency", "6")
-    res = run_locust(tmp_path, "--host", sim.url, "--capacity-search", "--slo", "ttft=45ms", "--step-time", "2s",
+    """6 answer slots, 170 ms per answer: up to 6 users TTFT is 100 ms; beyond, some queue a whole answer
+    (TTFT ~270 ms). The SLO sits 85 ms from both, so a busy machine's lateness cannot move the verdict."""
+    sim = start_sim("--ttft-ms", "100", "--itl-ms", "10", "--max-concurrency", "6")
+    res = run_locust(tmp_path, "--host", sim.url, "--capacity-search", "--slo", "ttft=185ms", "--step-time", "2s",
                      "--max-out-len", "8", "--ignore-eos", timeout=120)
     assert res.returncode == 0, res.stderr[-1500:]
     (run,) = run_dirs(tmp_path)

@@ -40,7 +40,9 @@ def test_timing_fidelity_against_the_simulator(tmp_path, start_sim):
     # No block buffering: 1 KiB blocks would merge ~5 of these ~180-byte events each, making most
     # gaps ~0. A rare ~0 gap remains possible when this 2-core machine descheduled the client or
     # the simulator and two events landed in one read.
-    assert np.mean(gaps < 5) < 0.01, np.sort(gaps)[:10]
+    # A client reading 1 KiB blocks merges ~80 % of gaps; a descheduled one merges a few, more on a busy
+    # machine: 1 %, plus 3 points per ms of measured run-queue wait, at most 10 %
+    assert np.mean(gaps < 5) < min(0.01 + 0.03 * rq.ms, 0.10), (np.sort(gaps)[:10], rq.ms)
     assert {r["output_tokens"] for r in ok} == {32}
     assert {r["token_source"] for r in ok} == {"usage"}
 
