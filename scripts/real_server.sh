@@ -99,7 +99,7 @@ if [[ ! -x "$BIN" ]]; then
             || ! command -v objdump >/dev/null; then
         apt-get update -qq >&2 && apt-get install -y -qq cmake ninja-build g++ binutils >&2
     fi
-    log "building llama-server for $LEVEL from $TREE with -j $JOBS (about 14 minutes on 2 cores)"
+    log "building llama-server for $LEVEL from $TREE with -j $JOBS (5-14 minutes on 2 cores)"
     start=$(date +%s)
     cmake -S "$TREE" -B "$WORK/build" "${CMAKE_ARGS[@]}" >&2
     nice -n 10 cmake --build "$WORK/build" --target llama-server -j "$JOBS" >&2
