@@ -415,6 +415,11 @@ def _stage_samples(smp: _Samples, req: Columns, ok_sel: np.ndarray, gap_sel) -> 
     }
 
 
+def _looks_streamed(ok_counts: np.ndarray) -> bool:
+    """A run where no successful request has more than one event is non-streaming."""
+    return not ok_counts.size or bool((ok_counts > 1).any())
+
+
 def compute(records: list[dict] | Columns, profile: str = "default", max_concurrency: int | None = None,
             stream: bool | None = None, slo: dict | None = None) -> Results:
     """Metric tables for `records`, or for a run already read as Columns (see module doc for the
@@ -431,7 +436,7 @@ def compute(records: list[dict] | Columns, profile: str = "default", max_concurr
     end = _first_last(cols.offsets, cols.counts)[1]  # each request's last event, before they are used up
     counts, offsets, kinds = _ok_events(cols)
     if stream is None:
-        stream = not counts.size or bool((counts > 1).any())
+        stream = _looks_streamed(counts)
     smp = _samples(counts, offsets, kinds, cols.output_tokens[cols.success], profile, stream)
     del offsets, kinds
 
@@ -471,12 +476,14 @@ class RequestSamples:
 
 def request_samples(cols: Columns, profile: str = "default", stream: bool | None = None) -> RequestSamples:
     """Per-request samples of a run's successful requests, by the same definitions as `compute`."""
-    counts, offsets, kinds = cols.counts, cols.offsets.copy(), cols.kinds
-    if not cols.success.all():
+    counts, kinds = cols.counts, cols.kinds
+    if cols.success.all():
+        offsets = cols.offsets.copy()  # _samples works in place
+    else:
         keep = np.repeat(cols.success, counts)
-        offsets, kinds, counts = offsets[keep], kinds[keep], counts[cols.success]
+        offsets, kinds, counts = cols.offsets[keep], kinds[keep], counts[cols.success]
     if stream is None:
-        stream = not counts.size or bool((counts > 1).any())
+        stream = _looks_streamed(counts)
     smp = _samples(counts, offsets, kinds, cols.output_tokens[cols.success], profile, stream)
     per = _stage_samples(smp, cols, np.ones(counts.size, bool), None)
     values = {m: np.asarray(v, np.float64) * (1000 if m in MS_METRICS else 1)

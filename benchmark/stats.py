@@ -7,8 +7,9 @@
   When n is too small for a bound (P99 of 40 samples has no upper one), that bound is open (NaN).
 - Percentiles of ITL: the gaps of one request are not independent (a slow request has many slow gaps),
   so the interval is Woodruff's (1952), the standard one for quantiles of clustered samples: the
-  standard error of the empirical CDF at the estimate, from per-request sums (cluster-robust), turned
-  back into a rank interval. With one gap per request it is the normal form of the binomial one.
+  variance of the empirical CDF at the estimate, from per-request sums (cluster-robust), gives an
+  effective sample size whose binomial ranks make the interval. With one gap per request it is the
+  binomial one.
 - Means: Student's t over requests; for ITL the pooled mean is a ratio (sum of gaps / number of gaps)
   over requests, with the cluster-robust (linearised) variance of that ratio.
 Min and Max have no distribution-free interval and get none.
@@ -22,10 +23,6 @@ LEVEL = 0.95
 CI_COLUMNS = ("Performance Parameters", "Stage", "Statistic", "Value", "Lower", "Upper", "N", "Method", "Note")
 WIDE = 0.20  # an interval wider than this share of its value is flagged
 BLOCK = 1 << 22
-
-
-def _z(level: float) -> float:
-    return float(sps.norm.ppf(0.5 + level / 2))
 
 
 def order_ranks(n: int, q: float, level: float = LEVEL) -> tuple[int, int]:
@@ -102,8 +99,9 @@ def clustered_intervals(values: np.ndarray, counts: np.ndarray, qs: tuple[float,
 
     values: request after request, counts[i] of request i. The mean is a ratio over requests
     (cluster-robust linearised variance, t quantile); each quantile gets Woodruff's interval: the
-    cluster-robust standard error of the empirical CDF at the estimate, turned back into quantiles at
-    q -/+ z*se. overwrite=True lets the final quantile step reorder `values` in place."""
+    cluster-robust variance of the empirical CDF at the estimate gives a design effect, hence an effective
+    number of independent samples, whose binomial order-statistic ranks are read as proportions of the
+    pooled values. overwrite=True lets the final quantile step reorder `values` in place."""
     has = counts > 0
     k = counts[has].astype(np.float64)
     nan2 = (np.nan, np.nan)

@@ -107,13 +107,8 @@ def _duration_s(results: metrics.Results, stage: str = "total") -> float:
     return plots._common(results.common, "Benchmark Duration", stage) / 1000
 
 
-def header(run_dir: str, config: dict, cols: Columns, plot_sample: Columns,
-           results: metrics.Results) -> list[tuple[str, str]]:
-    sources = Counter(cols.sources)
-    sources.pop(None, None)
-    token_source = ", ".join(f"{k} ({v})" for k, v in sources.most_common()) or "-"
-    if config.get("tokenizer"):
-        token_source += f"; tokenizer {config['tokenizer']}"
+def load_text(config: dict) -> str:
+    """The load a run applied, from its config: users, open-loop rate, steps, processes ('' when none)."""
     users = config.get("max_users") or config.get("users")
     load = []
     if users:
@@ -126,6 +121,16 @@ def header(run_dir: str, config: dict, cols: Columns, plot_sample: Columns,
         load.append(f"steps {steps}" + (f", {config['step_time']} s each" if config.get("step_time") else ""))
     if config.get("processes"):
         load.append(f"{config['processes']} processes")
+    return ", ".join(load)
+
+
+def header(run_dir: str, config: dict, cols: Columns, plot_sample: Columns,
+           results: metrics.Results) -> list[tuple[str, str]]:
+    sources = Counter(cols.sources)
+    sources.pop(None, None)
+    token_source = ", ".join(f"{k} ({v})" for k, v in sources.most_common()) or "-"
+    if config.get("tokenizer"):
+        token_source += f"; tokenizer {config['tokenizer']}"
     out_len = config.get("max_out_len")
     rows = [
         ("Target", config.get("host") or "-"),
@@ -133,7 +138,7 @@ def header(run_dir: str, config: dict, cols: Columns, plot_sample: Columns,
                                                       and config.get("model_abbr") != config.get("model") else "")),
         ("Dataset", f"{config.get('dataset_abbr') or config.get('dataset') or '-'}"
                     + (f", {config['dataset_path']}" if config.get("dataset_path") else "")),
-        ("Load", ", ".join(load) or "-"),
+        ("Load", load_text(config) or "-"),
         ("Duration", f"{_duration_s(results):.1f} s (first send to last answer)"
                      + (f"; {config['started']} to {config['finished']}" if config.get("finished") else "")),
         ("Requests", f"{cols.n}" + (f" (plots drawn from {plot_sample.n} of them, taken evenly through the run)"

@@ -24,7 +24,7 @@ from .. import __version__, tables
 from .. import (
     compare as _compare,  # module, not names: compare.py may import this module in turn
 )
-from . import svg, write_html
+from . import load_text, svg, write_html
 from .plots import NAMES, _common, _stat
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
@@ -97,19 +97,6 @@ def subtitle(base, new) -> str:
     return " · ".join(parts)
 
 
-def _load(cfg: dict) -> str:
-    out = []
-    users = cfg.get("max_users") or cfg.get("users")
-    if users:
-        out.append(f"{users} users")
-    if cfg.get("request_rate"):
-        out.append(f"open loop {cfg['request_rate']} req/s")
-    if cfg.get("steps"):
-        steps = cfg["steps"]
-        out.append("steps " + (", ".join(map(str, steps)) if isinstance(steps, (list, tuple)) else str(steps)))
-    return ", ".join(out)
-
-
 def _per_run(results: list, name: str, fmt: str) -> str:
     vals = []
     for r in results:
@@ -133,7 +120,8 @@ def setup(base, new) -> list[tuple[str, str, str, bool]]:
         ("Model", cfg(base, "model"), cfg(new, "model")),
         ("Target", cfg(base, "host"), cfg(new, "host")),
         ("Dataset", dataset(base), dataset(new)),
-        ("Load", _distinct(_load(c) for c in base.configs or []), _distinct(_load(c) for c in new.configs or [])),
+        ("Load", _distinct(load_text(c) for c in base.configs or []),
+         _distinct(load_text(c) for c in new.configs or [])),
         ("Metric profile", _distinct([c.get("metric_profile") for c in base.configs or []]
                                      + [r.profile for r in base.results or []]),
          _distinct([c.get("metric_profile") for c in new.configs or []] + [r.profile for r in new.results or []])),
