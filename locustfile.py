@@ -20,6 +20,7 @@ from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from benchmark import arrivals, datasets, distributed, health, idle, load, simulator
+from benchmark.server_metrics import scrape
 from benchmark.client import ChatClient, ClientError
 from benchmark.options import ConfigError, RunConfig, add_arguments
 from benchmark.run import WARMUP, ReportError, Run, build_body
@@ -53,6 +54,7 @@ class State:
     health = None        # this process's client-health monitor
     post = None          # idle.IdleWorker: parses finished streams when the loop has time
     worker_id = ""       # host:pid of this process (set at test start: --processes forks after import)
+    scraper = None       # scrape.ScraperProcess: the server's /metrics, once per run (master or single process)
 
 
 def _die(msg: str, code: int = 2) -> None:
@@ -219,7 +221,20 @@ def _on_test_start(environment, **_):
     State.run = Run(cfg, State.model, environment.host, extra)
     if State.collector:
         State.collector.start()
+    _start_scraper(cfg, environment.host, State.run.dir)
     print(f"Writing records to {State.run.dir}/records.jsonl", flush=True)
+
+
+def _start_scraper(cfg: RunConfig, host: str, run_dir: str) -> None:
+    """Scrape the server's /metrics in a child process (its parsing never holds this loop), and wait for
+    the first scrape before users start, so counter deltas cover the run's first request."""
+    url = scrape.metrics_url(host, cfg.server_metrics)
+    if not url:
+        return
+    State.scraper = scrape.ScraperProcess(url, os.path.join(run_dir, scrape.FILE), cfg.server_metrics_interval)
+    State.scraper.start()
+    State.scraper.wait_first()
+    gevent.get_hub().loop.update_now()  # the wait is not run time
 
 
 @events.test_stop.add_listener
@@ -233,6 +248,11 @@ def _on_test_stop(environment, **_):
         if not State.collector.wait_for_workers(environment.runner.worker_count):
             log.error("llm-testing: some workers sent no final records within 30 s; tables may miss them")
     run, State.run = State.run, None
+    scraper, State.scraper = State.scraper, None
+    if scraper:  # its final scrape comes after the last answer, so the counters cover every request
+        summary = {"url": scraper.url, "interval_s": scraper.interval_s, **scraper.stop()}
+        if run is not None:
+            run.config["server_metrics_scrape"] = summary
     if run is None:
         return
     own_health = State.health.stop() if State.health else {}
@@ -261,6 +281,9 @@ def _peak_users(environment) -> int:
 
 @events.quit.add_listener  # not `quitting`: that fires before the users stop
 def _on_quit(**_):
+    if State.scraper:  # a run that never reached test_stop
+        State.scraper.stop()
+        State.scraper = None
     if State.sim:
         State.sim.stop()
         State.sim = None

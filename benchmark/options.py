@@ -59,6 +59,8 @@ class RunConfig:
     warmup: int = 0            # first requests sent but left out of the tables
     slo: dict = field(default_factory=dict)  # {"ttft"|"tpot"|"e2el": seconds}
     burstiness: float = 1.0
+    server_metrics: str = ""          # "": the target's /metrics when it answers; "off"; or a URL
+    server_metrics_interval: float = 1.0
 
     @property
     def dataset_abbr(self) -> str:
@@ -119,6 +121,9 @@ class RunConfig:
             warmup=_int(o, "warmup", 0) if _raw(o, "warmup") else 0,
             burstiness=_float(o, "burstiness", 0.0),
             slo=_slo(_raw(o, "slo") or ""),
+            server_metrics=_server_metrics(o),
+            server_metrics_interval=(_number(o, "server_metrics_interval", float, 0.1, "seconds (at least 0.1)")
+                                     if _raw(o, "server_metrics_interval") not in ("", None) else 1.0),
         )
         if _bool(o, "capacity_search"):
             from .load import parse_step_time
@@ -211,6 +216,10 @@ def add_arguments(parser) -> None:
         "default: until -t, or one pass over the prompts in accuracy/all mode")
     add("--warmup", default="", help="first N requests are sent but kept out of the tables "
         "(stage 'warmup' in records.jsonl)")
+    add("--server-metrics", default="", help="Prometheus metrics of the server, scraped during the run "
+        "and reconciled with what the client measured: default the target's /metrics when it answers; "
+        "off; a URL; or a port of the target's host (engines that serve metrics on another port, e.g. MindIE)")
+    add("--server-metrics-interval", default="1", help="seconds between two scrapes of --server-metrics")
     add("--burstiness", default="1", help="open loop arrival shape: 1 Poisson, <1 burstier, "
         ">1 smoother, 0 constant")
 
@@ -290,6 +299,16 @@ def _slo(text: str) -> dict:
             raise ConfigError(f"--slo: expected limits like ttft=500ms,tpot=50ms (ttft, tpot, e2el); got {part!r}")
         out[name.lower()] = limit
     return out
+
+
+def _server_metrics(o) -> str:
+    from .server_metrics.scrape import metrics_url
+    v = _raw(o, "server_metrics") or ""
+    try:
+        metrics_url("http://localhost", v)  # the one rule of what the option may be
+    except ValueError as e:
+        raise ConfigError(f"--server-metrics: {e}") from None
+    return v
 
 
 def _ramp(o) -> dict:

@@ -209,7 +209,11 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
         verdict = outcome_line(failed, n, cancelled)
         if verdict:
             print(verdict)
+    server = server_metrics(run_dir, config)  # the server's own account, when it was scraped
+    if echo:
         print(health_line(config, results))
+        if server is not None:
+            print("\n".join(server[0]["lines"]))
         print(tokens.source_summary(cols.sources, cols.text_sample, config.get("tokenizer")))
         if skipped:
             print(f"note: {skipped} unreadable line(s) in records.jsonl skipped (cut short by a crash?)")
@@ -224,13 +228,27 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
     if html:
         from .report import render
         path = render(run_dir, html if isinstance(html, str) else None, cols=cols, plot_sample=plot_sample,
-                      results=results, config=config)
+                      results=results, config=config, server=server)
         if echo:
             print(f"Report written to {path}")
     return results
 
 
 CANCELLED_FILE = "cancelled.jsonl"
+
+
+def server_metrics(run_dir: str, config: dict):
+    """When the server was scraped (server_metrics.jsonl): reconcile its account with the records and
+    write server_metrics_reconcile.json; (result, ServerMetrics, ClientRun), else None."""
+    from .server_metrics import reconcile
+    try:
+        done = reconcile.reconcile_run(run_dir, config)
+    except Exception as e:  # noqa: BLE001 - the server's account is a second witness: never lose the tables to it
+        done = (reconcile.failed(f"{type(e).__name__}: {e}"), None, None)
+    if done is not None:
+        with open(os.path.join(run_dir, reconcile.RESULT_FILE), "w") as f:
+            json.dump(done[0], f, indent=1, allow_nan=False)
+    return done
 
 
 def failure_text(failed: list[dict], total: int) -> str:

@@ -177,7 +177,8 @@ class Live:
 
     def report_path(self) -> str | None:
         if self.dir:
-            path = os.path.join(self.dir, "report.html")
+            # absolute: Flask's send_file resolves a relative path against Locust's package folder
+            path = os.path.abspath(os.path.join(self.dir, "report.html"))
             if os.path.isfile(path):
                 return path
         return self.previous  # while a new run goes on, the last finished one's
@@ -186,9 +187,48 @@ class Live:
         if time.monotonic() - self._at >= REFRESH_S:
             self.follow()
             self.window.poll()
-            self._rows = self.window.rows(report=self.report_path())
+            self._rows = self.window.rows(report=self.report_path()) + server_rows(self.dir)
             self._at = time.monotonic()
         return self._rows
+
+
+SERVER_TAIL = 1 << 20  # bytes read from the end of server_metrics.jsonl: more than one scrape line
+
+
+def server_rows(run_dir: str | None) -> list[dict]:
+    """The server's own running / waiting / KV-cache figures from its newest scrape (none when not scraped)."""
+    from .server_metrics import scrape, series
+    path = os.path.join(run_dir, scrape.FILE) if run_dir else ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - SERVER_TAIL))
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    latest = None
+    for line in reversed(lines):
+        try:
+            obj = json.loads(line)
+        except ValueError:  # the cut first line of the tail, or a line being written
+            continue
+        if obj.get("kind") in ("scrape", "error"):
+            latest = obj
+            break
+    if latest is None:
+        return []
+    blank = {"p50": "", "p90": "", "p99": "", "n": ""}
+    if latest["kind"] == "error":
+        return [{"metric": "Server metrics", **blank, "p50": f"not scraped: {latest.get('reason', '')}",
+                 "avg": ""}]
+    age = max(0.0, time.time() - latest.get("t", 0))
+    snap = series.snapshot(latest)
+    rows = []
+    for key, name, scale in (("running", "Server: running requests", 1), ("waiting", "Server: waiting requests", 1),
+                             ("kv_usage", "Server: KV-cache usage (%)", 100)):
+        value = snap.get(key)
+        if value is not None and value == value:  # NaN: the engine does not export it
+            rows.append({"metric": name, **blank, "avg": round(value * scale, 1), "n": f"{age:.0f} s ago"})
+    return rows
 
 
 def install(environment, get_run) -> Live | None:

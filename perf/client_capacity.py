@@ -49,12 +49,13 @@ def _cpu_s(p: psutil.Process) -> float:
 
 
 def run_point(users: int, seconds: float, ttft_ms: float, itl_ms: float, tokens: int,
-              client_cores: str, server_cores: str, processes: int = 1) -> dict:
+              client_cores: str, server_cores: str, processes: int = 1, sim_args: tuple = (),
+              locust_args: tuple = ()) -> dict:
     out = tempfile.mkdtemp(prefix="llmperf-")
     trace_path = os.path.join(out, "trace.jsonl")
     sim_cores = _cores(server_cores)
     sim = simulator.start("--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), "--trace", trace_path,
-                          "--workers", str(len(sim_cores)))
+                          "--workers", str(len(sim_cores)), *sim_args)
     try:
         for q in [psutil.Process(sim.pid), *psutil.Process(sim.pid).children()]:
             q.cpu_affinity(sim_cores)
@@ -64,7 +65,7 @@ def run_point(users: int, seconds: float, ttft_ms: float, itl_ms: float, tokens:
                "--ignore-eos", "--output-dir", out, "--input-len", "fixed:16",
                # each user's first request opens its TCP connection (all at once at start-up): that is
                # connection set-up, not steady-state streaming, so it is sent as warm-up
-               "--warmup", str(users)] + (["--processes", str(processes)] if processes > 1 else [])
+               "--warmup", str(users), *locust_args] + (["--processes", str(processes)] if processes > 1 else [])
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         ps, sim_ps = psutil.Process(proc.pid), psutil.Process(sim.pid)
         time.sleep(min(5, seconds / 4))  # skip start-up and ramp

@@ -3,7 +3,8 @@
     from benchmark.report import render
     path = render("reports/20260101_120000")          # writes reports/20260101_120000/report.html
 
-Made from records.jsonl, config.json and (when the run was scored) results/<model_abbr>/<dataset>.json.
+Made from records.jsonl, config.json, (when the run was scored) results/<model_abbr>/<dataset>.json and
+(when the server was scraped) server_metrics.jsonl.
 Tables are metrics.compute()'s, formatted by tables.py exactly as on the console; charts are SVG drawn
 in Python (plots.py). Every value from the run, model output included, goes through jinja2 autoescape.
 """
@@ -22,6 +23,7 @@ from .. import __version__, metrics, stats, tables
 from ..columns import WARMUP, Columns, read_columns
 from . import plots
 from .data import run_data
+from .server import section as server_section
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 SAMPLES = 5            # completions shown (columns.EXAMPLES are kept)
@@ -34,11 +36,12 @@ _env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blo
 
 def render(run_dir: str, out_path: str | None = None, *, cols: Columns | None = None,
            plot_sample: Columns | None = None, results: metrics.Results | None = None,
-           config: dict | None = None) -> str:
+           config: dict | None = None, server: tuple | None = None) -> str:
     """Write the report of `run_dir` to out_path (default run_dir/report.html); returns the path.
 
     The tables step passes what it has already read: `cols` (the run, its events possibly used up by
-    metrics.compute), `plot_sample` (read_columns' sample for the plots), `results` and `config`."""
+    metrics.compute), `plot_sample` (read_columns' sample for the plots), `results`, `config` and
+    `server` (server_metrics.reconcile_run's result, when the run was scraped)."""
     if config is None:
         config = _json(os.path.join(run_dir, "config.json")) or {}
     if cols is None or plot_sample is None:
@@ -50,7 +53,8 @@ def render(run_dir: str, out_path: str | None = None, *, cols: Columns | None = 
         extra = {"slo": config["slo"]} if config.get("slo") else {}
         results = metrics.compute(cols, profile=config.get("metric_profile", "default"),
                                   max_concurrency=config.get("max_users"), stream=config.get("stream", True), **extra)
-    html = _env.get_template("report.html.j2").render(**context(run_dir, cols, plot_sample, results, config))
+    html = _env.get_template("report.html.j2").render(**context(run_dir, cols, plot_sample, results, config,
+                                                                server))
     return write_html(html, out_path or os.path.join(run_dir, "report.html"))
 
 
@@ -72,7 +76,8 @@ def _json(path: str):
         return None
 
 
-def context(run_dir: str, cols: Columns, plot_sample: Columns, results: metrics.Results, config: dict) -> dict:
+def context(run_dir: str, cols: Columns, plot_sample: Columns, results: metrics.Results, config: dict,
+            server: tuple | None = None) -> dict:
     perf, common = results.perf, results.common
     stages = plots.stage_names(perf)
     data = run_data(plot_sample, results.profile, results.stream)
@@ -93,6 +98,7 @@ def context(run_dir: str, cols: Columns, plot_sample: Columns, results: metrics.
         "lvt": plots.latency_vs_throughput(perf, common, stages),
         "failures": failures(cols.failed),
         "health": client_health(run_dir, config, results),
+        "server": server_section(run_dir, config, server),
         "samples": samples(cols.examples),
         "skipped": cols.skipped,
         "profile": results.profile,

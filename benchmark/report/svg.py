@@ -106,7 +106,7 @@ class Chart:
         self._legend(label, cls)
 
     def line(self, x, y, cls: str = "c0", y2: bool = False, label: str | None = None, step: bool = False,
-             points: bool = False):
+             points: bool = False, dash: bool = False):
         x, y = np.asarray(x, float), np.asarray(y, float)
         ok = np.isfinite(x) & np.isfinite(y)
         if not ok.any():
@@ -116,7 +116,7 @@ class Chart:
             xs = np.repeat(xs, 2)[1:]
             ys = np.repeat(ys, 2)[:-1]
         d = "M" + " L".join(f"{_f(a)} {_f(b)}" for a, b in zip(xs, ys))
-        self.items.append(f'<path class="ln {cls}" d="{d}"/>')
+        self.items.append(f'<path class="ln {cls}{" dash" if dash else ""}" d="{d}"/>')
         if points:
             self.dots(x[ok], y[ok], cls, y2=y2, size="pt")
         self._legend(label, cls)

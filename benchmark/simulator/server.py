@@ -1,8 +1,8 @@
-"""Built-in OpenAI-compatible streaming server with known timing and injectable faults.
+"""The simulator's HTTP server: an OpenAI-compatible streaming LLM endpoint with known timing.
 
-Run it with `python -m benchmark.simulator --ttft-ms 100 --itl-ms 20` (or `python -m benchmark simulate`).
 It answers like vLLM: a role chunk and the first token at TTFT, one token every ITL after it, a finish
-chunk, a usage chunk when `stream_options.include_usage` asks for one, then `data: [DONE]`.
+chunk, a usage chunk when `stream_options.include_usage` asks for one, then `data: [DONE]`. GET /metrics
+shows what it did in vLLM's Prometheus format (metrics.py).
 
 Timing: every event has an absolute deadline counted from the request's arrival, so errors never add
 up, and no event leaves before its deadline (event-loop timers have a 1 ms grain, so up to ~1 ms after).
@@ -10,13 +10,10 @@ One shared ticker (a heap of streams keyed by their next deadline, one event-loo
 prepared bytes of every stream that is due straight to its socket: at 512 streams x ITL 20 ms that took
 ~35% less CPU than a coroutine sleeping per token, and kept lateness far lower. Event bytes are cut from
 per-request templates, not json.dumps. uvloop is used when installed (~25% more events/s at ITL 0).
-
-Tests and the locustfile start it as a child process with `start(...)` (see `SimulatorProcess`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import heapq
@@ -28,23 +25,14 @@ import re
 import signal
 import socket
 import struct
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
-try:  # optional: a faster event loop when installed
-    import uvloop
-except ImportError:  # pragma: no cover - depends on the environment
-    uvloop = None
-
-PROG = "benchmark simulate"
+from .faults import ABORT, FEW, HTTP_ERRORS, parse_fault
+from .metrics import Shared, Stats
 
 # Filler tokens: the first has no leading space, the rest do, so the text reads "the quick brown ...".
 _WORDS = "the quick brown fox jumps over the lazy dog".split()
@@ -52,70 +40,6 @@ _FIRST_TOKEN = _WORDS[0]
 _TOKENS = [" " + w for w in _WORDS]
 _TOKENS_JSON = [json.dumps(t).encode() for t in _TOKENS]
 _FIRST_TOKEN_JSON = json.dumps(_FIRST_TOKEN).encode()
-
-FEW = 3  # content chunks sent before reset-mid-stream / stall strike
-BATCH_BYTES = 64 * 1024  # most bytes written to one stream per tick (matters at ITL 0)
-HIGH_WATER = 1024 * 1024  # a client this far behind is not written to until it catches up
-EARLY_S = 1e-4  # events due this close count as due now (a uvloop timer can fire a little early)
-
-# Faults. HTTP errors are answered at once, like a server that rejects the request.
-HTTP_ERRORS: dict[str, tuple[int, dict, dict[str, str]]] = {
-    "http-400": (400, {"object": "error", "message": "Injected bad request", "type": "BadRequestError",
-                       "param": None, "code": 400}, {}),
-    "http-401": (401, {"error": "Unauthorized"}, {}),
-    "http-404": (404, {"object": "error", "message": "The model does not exist.", "type": "NotFoundError",
-                       "param": None, "code": 404}, {}),
-    "http-422": (422, {"object": "error", "type": "BadRequestError", "param": None, "code": 422,
-                       "message": "[{'type': 'extra_forbidden', 'loc': ('body', 'ignore_eos'), "
-                                  "'msg': 'Extra inputs are not permitted', 'input': True}] "
-                                  "(extra fields not permitted: ignore_eos)"}, {}),
-    "http-429": (429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error", "code": 429}},
-                 {"Retry-After": "1"}),
-    "http-429-noretry": (429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error",
-                                         "code": 429}}, {}),
-    "http-500": (500, {"error": {"message": "Injected Failure"}}, {}),
-    "http-503": (503, {"error": {"message": "Service Unavailable", "type": "server_error", "code": 503}}, {}),
-}
-# The others change the answer; value = type of the argument after "name:" (None: takes none).
-STREAM_FAULTS: dict[str, type | None] = {
-    "reset-before-headers": None,  # close the socket without answering
-    "reset-mid-stream": None,  # abort the connection after FEW content chunks
-    "no-done": None,  # end the body without data: [DONE]
-    "no-finish": None,  # no chunk carries finish_reason
-    "malformed-json": None,  # the middle content event is cut in half
-    "non-sse": None,  # a plain JSON body although stream was asked
-    "nospace-crlf": None,  # "data:{json}\r\n\r\n" with ": keep-alive" comments between events
-    "empty-completion": None,  # role, finish, usage, [DONE]; no content
-    "usage-on-finish": None,  # usage rides on the finish chunk, as some servers send it
-    "no-usage": None,  # never send usage
-    "slow-first-byte": float,  # hold the headers back this many seconds
-    "stall": float,  # after FEW chunks, pause this many seconds
-    "huge": int,  # this many tokens whatever max_tokens says
-}
-FAULT_NAMES = [*HTTP_ERRORS, *STREAM_FAULTS]
-FAULT_USAGE = ", ".join(n + {float: ":SECONDS", int: ":N"}.get(STREAM_FAULTS.get(n), "") for n in FAULT_NAMES)
-
-ABORT = object()  # an event that resets the connection instead of writing
-
-
-def parse_fault(text: str) -> tuple[str, float | int | None]:
-    """'stall:2.5' -> ('stall', 2.5); raises ValueError naming the problem."""
-    name, _, arg = text.strip().partition(":")
-    if name not in FAULT_NAMES:
-        raise ValueError(f"unknown fault {name!r} (choose from {FAULT_USAGE})")
-    kind = STREAM_FAULTS.get(name)
-    if kind is None:
-        if arg:
-            raise ValueError(f"fault {name!r} takes no argument")
-        return name, None
-    try:
-        value = kind(arg)
-        if not 0 <= value < math.inf:
-            raise ValueError(arg)
-    except ValueError:
-        raise ValueError(f"fault {name!r} needs a non-negative {kind.__name__} argument, "
-                         f"as in {name}:{kind(2)}") from None
-    return name, value
 
 
 def split_tokens(text: str) -> list[str]:
@@ -154,6 +78,10 @@ def _text(content) -> str:
     return ""
 
 
+BATCH_BYTES = 64 * 1024  # most bytes written to one stream per tick (matters at ITL 0)
+HIGH_WATER = 1024 * 1024  # a client this far behind is not written to until it catches up
+EARLY_S = 1e-4  # events due this close count as due now (a uvloop timer can fire a little early)
+
 # The clock of every deadline: asyncio's loop.time() is this clock too, uvloop's is whole milliseconds.
 _now = time.monotonic
 
@@ -175,64 +103,22 @@ def _reset(transport) -> None:
     transport.abort()
 
 
-@dataclass
-class Config:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    ttft: float = 0.1  # seconds
-    itl: float = 0.02
-    output_len: int = 128
-    model: str = "llm-sim"
-    answers: list | None = None
-    fault: tuple | None = None
-    fault_every: int = 1
-    max_concurrency: int = 0  # answer slots, as a real server's batch; 0 = unlimited
-    trace: str | None = None  # file to append each streamed answer's real write times to
-    workers: int = 1  # processes sharing the listening socket
-
-
-@dataclass
-class Plan:
-    """What one request will get back."""
-
-    chat: bool
-    stream: bool
-    include_usage: bool
-    n: int  # content tokens
-    finish: str
-    prompt_tokens: int
-    canned: tuple[list[str], list[bytes]] | None
-    fault: str | None
-    arg: float | int | None
-
-    def token(self, i: int) -> str:
-        if self.canned and i < len(self.canned[0]):
-            return self.canned[0][i]
-        return _TOKENS[i % len(_TOKENS)] if i else _FIRST_TOKEN
-
-    def token_json(self, i: int) -> bytes:
-        if self.canned and i < len(self.canned[1]):
-            return self.canned[1][i]
-        return _TOKENS_JSON[i % len(_TOKENS_JSON)] if i else _FIRST_TOKEN_JSON
-
-    def usage(self, n: int) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": n,
-                "total_tokens": self.prompt_tokens + n}
-
-
-class BadRequest(ValueError):
-    pass
-
-
 class _Stream:
-    """One streaming answer: its socket, its arrival time and the iterator of (offset_s, bytes) events."""
+    """One streaming answer: its socket, its start time and the iterator of (offset_s, bytes, tokens) events.
 
-    __slots__ = ("transport", "t0", "events", "pending", "chunked", "done", "written")
+    `acct` (metrics.Request) hears of the content tokens as they are written and of the end; the stream
+    counts per write, not per token, so the hot path stays a few additions.
+    """
 
-    def __init__(self, transport, t0: float, events, chunked: bool, done: asyncio.Future, traced: bool = False):
+    __slots__ = ("transport", "t0", "events", "pending", "chunked", "done", "written", "acct", "last_write")
+
+    def __init__(self, transport, t0: float, events, chunked: bool, done: asyncio.Future, traced: bool = False,
+                 acct=None):
         self.transport, self.t0, self.events, self.chunked, self.done = transport, t0, events, chunked, done
         self.pending = next(events, None)
         self.written = [] if traced else None  # --trace: when each event really left
+        self.acct = acct
+        self.last_write: float | None = None
 
     def first_deadline(self) -> float | None:
         if self.pending is None:
@@ -240,7 +126,12 @@ class _Stream:
             return None
         return self.t0 + self.pending[0]
 
-    def finish(self) -> None:
+    def finish(self, aborted: bool = False) -> None:
+        if self.acct is not None:
+            if aborted:
+                self.acct.abort()
+            else:
+                self.acct.done(self.last_write if self.last_write is not None else _now())
         if not self.done.done():
             self.done.set_result(None)
 
@@ -248,35 +139,39 @@ class _Stream:
         """Write every event due by `limit` in one send; return the next deadline, None when finished."""
         transport = self.transport
         if transport is None or transport.is_closing():  # the client went away
-            self.finish()
+            self.finish(aborted=True)
             return None
         if transport.get_write_buffer_size() > HIGH_WATER:  # slow reader: let it catch up
             return limit + 0.001
-        parts, size, ev, t0 = [], 0, self.pending, self.t0
+        parts, size, ntok, ev, t0 = [], 0, 0, self.pending, self.t0
         while ev is not None and t0 + ev[0] <= limit and size < BATCH_BYTES:
             if ev[1] is ABORT:
                 if parts:
-                    self._write(parts, size)
+                    self._write(parts, size, ntok)
                 _reset(transport)
-                self.finish()
+                self.finish(aborted=True)
                 return None
             parts.append(ev[1])
             size += len(ev[1])
+            ntok += ev[2]
             ev = next(self.events, None)
         self.pending = ev
         if parts:
-            self._write(parts, size)
-            if self.written is not None:
-                self.written += [_now()] * len(parts)
+            self._write(parts, size, ntok)
         if ev is None:
             self.finish()
             return None
         return t0 + ev[0]
 
-    def _write(self, parts: list[bytes], size: int) -> None:
+    def _write(self, parts: list[bytes], size: int, ntok: int) -> None:
         # Events due together go out as one HTTP chunk in one send (TCP_NODELAY is on in asyncio).
         body = b"".join(parts)
         self.transport.write(b"%x\r\n%b\r\n" % (size, body) if self.chunked else body)
+        now = self.last_write = _now()
+        if self.written is not None:
+            self.written += [now] * len(parts)
+        if ntok and self.acct is not None:
+            self.acct.wrote(ntok, now)
 
 
 class _Ticker:
@@ -322,9 +217,63 @@ class _Ticker:
             self._arm(heap[0][0])
 
 
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    ttft: float = 0.1  # seconds
+    itl: float = 0.02
+    output_len: int = 128
+    model: str = "llm-sim"
+    answers: list | None = None
+    fault: tuple | None = None
+    fault_every: int = 1
+    max_concurrency: int = 0  # answer slots, as a real server's batch; 0 = unlimited
+    trace: str | None = None  # file to append each streamed answer's real write times to
+    workers: int = 1  # processes sharing the listening socket
+    hidden_delay: float = 0.0  # seconds every request waits in front of the engine part (unseen by /metrics)
+    kv_capacity: int = 131072  # tokens of KV cache behind vllm:kv_cache_usage_perc
+    metrics_lie: dict = field(default_factory=dict)  # FIELD -> factor on what /metrics reports
+    metrics_pad_kb: int = 0  # extra KB of padding series on /metrics
+
+
+@dataclass
+class Plan:
+    """What one request will get back."""
+
+    chat: bool
+    stream: bool
+    include_usage: bool
+    n: int  # content tokens
+    finish: str
+    prompt_tokens: int
+    canned: tuple[list[str], list[bytes]] | None
+    fault: str | None
+    arg: float | int | None
+
+    def token(self, i: int) -> str:
+        if self.canned and i < len(self.canned[0]):
+            return self.canned[0][i]
+        return _TOKENS[i % len(_TOKENS)] if i else _FIRST_TOKEN
+
+    def token_json(self, i: int) -> bytes:
+        if self.canned and i < len(self.canned[1]):
+            return self.canned[1][i]
+        return _TOKENS_JSON[i % len(_TOKENS_JSON)] if i else _FIRST_TOKEN_JSON
+
+    def usage(self, n: int) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": n,
+                "total_tokens": self.prompt_tokens + n}
+
+
+class BadRequest(ValueError):
+    pass
+
+
 class Simulator:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, shared: Shared | None = None, worker: int = 0):
         self.cfg = cfg
+        self.stats = Stats(cfg.model, cfg.kv_capacity, cfg.metrics_lie, cfg.metrics_pad_kb, shared, worker)
         self.requests = 0
         self.model_json = json.dumps(cfg.model).encode()
         self.ticker: _Ticker | None = None
@@ -337,6 +286,7 @@ class Simulator:
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
+        app.router.add_get("/metrics", self.metrics)
         return app
 
     async def health(self, request: web.Request) -> web.Response:
@@ -346,6 +296,10 @@ class Simulator:
         return web.json_response({"object": "list", "data": [
             {"id": self.cfg.model, "object": "model", "created": int(time.time()), "owned_by": "llm-sim",
              "root": self.cfg.model, "parent": None}]})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+        return web.Response(body=self.stats.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self.answer(request, chat=True)
@@ -410,7 +364,12 @@ class Simulator:
                     n=n, finish=finish, prompt_tokens=prompt_tokens, canned=canned, fault=name, arg=arg)
 
     async def answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        t0 = request["arrival"] = _now()  # every deadline of this answer counts from here
+        t0 = request["arrival"] = _now()  # every deadline of this answer counts from here; --trace too
+        if self.cfg.hidden_delay:  # a gateway in front of the engine part: the client waits, /metrics never
+            when = t0 + self.cfg.hidden_delay
+            while (wait := _delay(when)) > 0:
+                await asyncio.sleep(wait)
+            t0 = _now()  # the engine part's arrival
         try:
             fault = self.pick_fault(request)
             plan = self.plan(await request.json(), chat, fault)
@@ -423,24 +382,32 @@ class Simulator:
         if name == "reset-before-headers":
             _reset(request.transport)
             return web.Response()  # aiohttp finds the socket closed and drops this quietly
-        if name == "slow-first-byte":  # the server was busy: everything moves back
-            await asyncio.sleep(plan.arg)
-            t0 += plan.arg
+        acct = self.stats.request(t0, plan.prompt_tokens, plan.finish)  # waiting for the engine from now
+        try:
+            if name == "slow-first-byte":  # the server was busy: everything moves back
+                await asyncio.sleep(plan.arg)
+                t0 += plan.arg
 
-        if self.slots is None:
-            return await self.respond(request, plan, chat, t0)
-        async with self.slots:  # a full server queues the request: its TTFT includes the wait
-            return await self.respond(request, plan, chat, max(t0, _now()))
+            if self.slots is None:
+                return await self.respond(request, plan, chat, t0, acct)
+            async with self.slots:  # a full server queues the request: its TTFT includes the wait
+                return await self.respond(request, plan, chat, max(t0, _now()), acct)
+        finally:
+            acct.abort()  # nothing once it ended; else it was cut short (client gone, server stopping)
 
-    async def respond(self, request: web.Request, plan: Plan, chat: bool, t0: float) -> web.StreamResponse:
+    async def respond(self, request: web.Request, plan: Plan, chat: bool, t0: float, acct) -> web.StreamResponse:
         name = plan.fault
         cfg = self.cfg
+        acct.schedule(t0)  # it has its slot: running from now
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         if not plan.stream or name == "non-sse":
             when = t0 + cfg.ttft + max(plan.n - 1, 0) * cfg.itl
             while (wait := _delay(when)) > 0:  # again if an event loop's timer woke us early
                 await asyncio.sleep(wait)
+            for i in range(plan.n):  # one body, all at once: the tokens count now, at the times they were due
+                acct.wrote(1, t0 + cfg.ttft + i * cfg.itl)
+            acct.done(_now())
             return web.json_response(self.full_body(plan, rid, created))
 
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -453,7 +420,7 @@ class Simulator:
         if self.ticker is None:
             self.ticker = _Ticker(loop)
         stream = _Stream(request.transport, t0, self.events(plan, rid, created), writer.chunked, done,
-                         traced=self.trace_fd is not None)
+                         traced=self.trace_fd is not None, acct=acct)
         self.ticker.add(stream)
         await done
         if self.trace_fd is not None:
@@ -481,7 +448,8 @@ class Simulator:
         return body
 
     def events(self, plan: Plan, rid: str, created: int):
-        """Yield (offset from arrival in s, event bytes) in order; faults bend the sequence."""
+        """Yield (offset from arrival in s, event bytes, content tokens in it) in order; faults bend the
+        sequence."""
         cfg, fault, n = self.cfg, plan.fault, plan.n
         crlf = fault == "nospace-crlf"
         sse, end = (b"data:", b"\r\n\r\n") if crlf else (b"data: ", b"\n\n")
@@ -498,13 +466,13 @@ class Simulator:
         t = cfg.ttft
         if plan.chat:
             yield t, (head + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
-                      b'"logprobs":null,"finish_reason":null}]}' + end)
+                      b'"logprobs":null,"finish_reason":null}]}' + end), 0
         cut = min(FEW, n) if fault == "reset-mid-stream" else -1
         bad = n // 2 if fault == "malformed-json" else -1
         shift = 0.0
         for i in range(n):
             if i == cut:
-                yield t, ABORT
+                yield t, ABORT, 0
                 return
             if fault == "stall" and i == FEW:
                 shift = plan.arg
@@ -512,18 +480,18 @@ class Simulator:
             event = pre + plan.token_json(i) + post
             if i == bad:
                 event = event[: len(event) // 2] + end
-            yield t, keepalive + event if i or plan.chat else event
+            yield t, keepalive + event if i or plan.chat else event, 1
         if cut == n:
-            yield t, ABORT
+            yield t, ABORT, 0
             return
         if fault != "no-finish":
             usage_here = b',"usage":' + usage if fault == "usage-on-finish" else b""
             yield t, keepalive + pre + b'""' + close + b',"logprobs":null,"finish_reason":"%s"}]%s}%s' % (
-                plan.finish.encode(), usage_here, end)
+                plan.finish.encode(), usage_here, end), 0
         if plan.include_usage and fault not in ("no-usage", "usage-on-finish"):
-            yield t, keepalive + head + b'"choices":[],"usage":' + usage + b"}" + end
+            yield t, keepalive + head + b'"choices":[],"usage":' + usage + b"}" + end, 0
         if fault != "no-done":
-            yield t, keepalive + sse + b"[DONE]" + end
+            yield t, keepalive + sse + b"[DONE]" + end, 0
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -531,110 +499,10 @@ def _error(status: int, message: str) -> web.Response:
                               "param": None, "code": status}, status=status)
 
 
-# ---------------------------------------------------------------- command line
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _non_negative(kind):
-    def parse(text: str):
-        value = kind(text)
-        if not 0 <= value < math.inf:  # also rejects NaN
-            raise ValueError(text)
-        return value
-
-    parse.__name__ = f"non-negative {kind.__name__}"
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-_positive_int.__name__ = "positive int"
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError(text)
-    return value
-
-
-_port.__name__ = "port"
-
-
-def _fault(text: str):
-    try:
-        return parse_fault(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def parse_args(argv: list[str] | None) -> Config:
-    p = _Parser(prog=PROG, description="OpenAI-compatible streaming LLM simulator with known timing.")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--ttft-ms", type=_non_negative(float), default=100.0,
-                   help="time to first token, ms (default 100)")
-    p.add_argument("--itl-ms", type=_non_negative(float), default=20.0,
-                   help="gap between tokens, ms (default 20; 0: as fast as possible)")
-    p.add_argument("--output-len", type=_positive_int, default=128,
-                   help="tokens in an answer when the request does not force a length (default 128)")
-    p.add_argument("--model", default="llm-sim", help="model id served (default llm-sim)")
-    p.add_argument("--max-concurrency", type=int, default=0, metavar="N",
-                   help="answer at most N requests at once and queue the rest, as a real server's slots "
-                        "do (default 0: unlimited)")
-    p.add_argument("--answers", metavar="FILE",
-                   help='jsonl of {"question", "completion"}: stream the completion of a matching question')
-    p.add_argument("--fault", type=_fault, metavar="NAME[:ARG]", help=f"inject a fault: {FAULT_USAGE}")
-    p.add_argument("--fault-every", type=_positive_int, default=1, metavar="N",
-                   help="apply --fault to every Nth request (default 1: all)")
-    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
-                   help="serve from N processes sharing the port, one event loop each, for clients of "
-                        "more than one core (default 1; --max-concurrency and --fault-every then count "
-                        "per process)")
-    p.add_argument("--trace", metavar="FILE",
-                   help="append a JSON line per streamed answer: its X-Request-Id and when each content "
-                        "token was really written, s after the request arrived (server-side truth)")
-    a = p.parse_args(argv)
-    answers = None
-    if a.answers:
-        try:
-            answers = load_answers(a.answers)
-        except (OSError, ValueError) as exc:
-            p.error(f"argument --answers: {exc}")
-    return Config(host=a.host, port=a.port, ttft=a.ttft_ms / 1000, itl=a.itl_ms / 1000,
-                  output_len=a.output_len, model=a.model, answers=answers, fault=a.fault,
-                  fault_every=a.fault_every, max_concurrency=max(0, a.max_concurrency), trace=a.trace,
-                  workers=a.workers)
-
-
-def _listen(cfg: Config) -> socket.socket:
-    """The listening socket (made before any worker starts, so they all accept on it)."""
-    try:
-        family, kind, proto, _, addr = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM,
-                                                          flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(4096)
-    except OSError as exc:
-        sys.stderr.write(f"{PROG}: error: argument --port: cannot listen on {cfg.host}:{cfg.port}: "
-                         f"{exc.strerror or exc}\n")
-        raise SystemExit(2) from None
-    sock.setblocking(False)
-    return sock
-
-
-async def serve(cfg: Config, sock: socket.socket, announce: bool = True) -> None:
-    sim = Simulator(cfg)
+async def serve(cfg: Config, sock: socket.socket, announce: bool = True, shared: Shared | None = None,
+                worker: int = 0) -> None:
+    sim = Simulator(cfg, shared, worker)
+    sim.stats.prepare()
     runner = web.AppRunner(sim.app(), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     try:
@@ -655,105 +523,3 @@ async def serve(cfg: Config, sock: socket.socket, announce: bool = True) -> None
         await stop.wait()
     finally:
         await runner.cleanup()
-
-
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
-    sock = _listen(cfg)
-    announce = True
-    for _ in range(cfg.workers - 1):  # forked before any event loop exists; each worker makes its own
-        if os.fork() == 0:
-            _die_with_parent()  # stopping the first process stops them all
-            announce = False
-            break
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop if uvloop else None) as runner:
-            runner.run(serve(cfg, sock, announce))
-    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
-        pass
-    return 0
-
-
-# ---------------------------------------------------------------- child-process helper
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies, even by SIGKILL, so no simulator is orphaned."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class SimulatorProcess:
-    """The simulator as a child process on a free loopback port; stop it with .stop() or `with`."""
-
-    def __init__(self, args: tuple[str, ...] | list[str] = (), timeout: float = 10.0):
-        # Import this very package whatever the caller's cwd, yet keep that cwd so relative paths in
-        # args (--answers) still work: PYTHONPATH names our root, PYTHONSAFEPATH keeps cwd off sys.path.
-        root = str(Path(__file__).resolve().parent.parent)  # the folder that holds the benchmark package
-        env = dict(os.environ, PYTHONSAFEPATH="1")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        self._stderr = tempfile.TemporaryFile()  # a file never fills up and blocks the child, as a pipe can
-        self._stderr_text: str | None = None  # kept when stopped
-        self._proc = subprocess.Popen([sys.executable, "-m", "benchmark.simulator", "--port", "0", *args],
-                                      env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=self._stderr, preexec_fn=_die_with_parent)
-        self.pid = self._proc.pid
-        self.url: str | None = None
-        self.banner: str | None = None  # the startup line
-        self._ready = threading.Event()
-        threading.Thread(target=self._drain, name=f"simulator-{self.pid}-stdout", daemon=True).start()
-        if not self._ready.wait(timeout) or self.url is None:
-            why = "exited" if self._proc.poll() is not None else f"did not start within {timeout:g} s"
-            self.stop()
-            raise RuntimeError(f"LLM simulator {why}: {self.stderr().strip() or '(no stderr)'}")
-
-    def _drain(self) -> None:
-        # Read the startup line, then keep reading so the child never blocks on a full stdout pipe.
-        with self._proc.stdout:
-            for line in self._proc.stdout:
-                if self.url is None:
-                    m = re.search(rb"listening on (http://\S+)", line)
-                    if m:
-                        self.url, self.banner = m.group(1).decode(), line.decode().strip()
-                        self._ready.set()
-        self._ready.set()
-
-    def stderr(self) -> str:
-        """What the child wrote to stderr (so far, or in all once stopped)."""
-        if self._stderr_text is None:
-            self._stderr.seek(0)
-            return self._stderr.read().decode(errors="replace")
-        return self._stderr_text
-
-    def poll(self) -> int | None:
-        return self._proc.poll()
-
-    def stop(self, timeout: float = 5.0) -> int | None:
-        """SIGTERM, wait, SIGKILL if it hangs; safe to call twice. Returns the exit code."""
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        if self._stderr_text is None:
-            self._stderr_text = self.stderr()
-            self._stderr.close()
-        return self._proc.returncode
-
-    def __enter__(self) -> SimulatorProcess:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def start(*args: str, timeout: float = 10.0) -> SimulatorProcess:
-    """Start the simulator with these extra options on a free port; raise RuntimeError if it fails."""
-    return SimulatorProcess(args, timeout)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
