@@ -125,6 +125,19 @@ def test_perf_run_streams_tokens_usage_and_overlap(tmp_path, server):
     assert common["Peak In-Flight"]["total"] == 4  # the four streams overlapped on the server's slots
     assert common["Success Requests"]["total"] == common["Total Requests"]["total"] == len(ok)
 
+    # the server's own account (llama-server --metrics, scraped every second during the run)
+    rec = json.load(open(os.path.join(run, "server_metrics_reconcile.json")))
+    assert rec["engine"] == "llamacpp" and rec["reconciled"], rec["lines"]
+    tokens = rec["tokens"]
+    # generated tokens: llama.cpp's counter and its usage replies count the same tokens
+    assert tokens["generation"]["server"] == tokens["generation"]["client"] == 32 * len(ok), tokens
+    # prompt tokens: evaluated + reused from a slot's cache, against the usage replies' prompt_tokens
+    assert tokens["prompt"]["agree"], (tokens, rec["lines"])
+    assert not {f["kind"] for f in rec["flags"]} & {"tokens", "requests"}, rec["flags"]
+    # llama.cpp exports no finished-request counter: said, never guessed
+    assert any("exports no finished-request counter" in line for line in rec["lines"]), rec["lines"]
+    assert rec["requests"]["server"] is None
+
 
 def test_gsm8k_all_mode_scores_real_completions(tmp_path, server):
     # all mode ends when the 8th answer is in; -t is only a cap. Each 4-shot prompt is ~1500 tokens of
