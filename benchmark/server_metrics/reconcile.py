@@ -547,7 +547,8 @@ def _latency(label: str, h: series.Histogram, i0: int, i1: int, x: np.ndarray, o
                   "client lag": "within the client's own event-loop lag", "unresolved": "unresolved"}[res["verdict"]]
     basis = ("exact, the same requests" if exact else "at the mean") if paired else \
         f"at the median, server bucket {_bucket(a, b)}"
-    lines.append(f"  {label}: {short_word}: client extra {_range((lo, hi))} ({basis}; "
+    extra = _ms(lo) if lo == hi else _range((lo, hi))
+    lines.append(f"  {label}: {short_word}: client extra {extra} ({basis}; "
                  f"{n} client samples, {hcount:.0f} server)")
     return res
 
