@@ -228,8 +228,9 @@ def add_arguments(parser) -> None:
         help="also retry HTTP 429/503, after Retry-After (at most --retry-max-wait)")
     add("--retry-max-wait", default="30", help="longest wait in seconds before a retry (default 30)")
     add("--seed", default="0", help="random seed of synthetic prompts")
-    add("--sim-ttft-ms", default="100", help="built-in simulator TTFT (used when no --host)")
-    add("--sim-itl-ms", default="20", help="built-in simulator ITL (used when no --host)")
+    add("--sim-ttft-ms", default="100", help="built-in simulator TTFT in ms (the target when no --host; "
+        "changed in the web UI, the simulator restarts with it; not applicable to any other host)")
+    add("--sim-itl-ms", default="20", help="built-in simulator ITL in ms (as --sim-ttft-ms)")
     add("--sim-max-concurrency", default="0", help="built-in simulator: requests answered at once, "
         "the rest queue (0: unlimited)")
     add("--steps", default="", help="step ramp: user counts held --step-time each, e.g. 8,16,32; "
