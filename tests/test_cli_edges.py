@@ -37,7 +37,7 @@ def options(**values) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     o = parser.parse_args([])
-    o.num_users = None
+    o.num_users = o.host = o.run_time = None  # (Locust's own, that RunConfig reads)
     for k, v in values.items():
         setattr(o, k, v)
     return o
@@ -54,7 +54,12 @@ def test_zero_users_is_refused_at_start(tmp_path):
 def test_zero_users_check_leaves_shapes_alone():
     with pytest.raises(ConfigError, match="-u/--users"):
         RunConfig.from_options(options(num_users=0))
-    assert RunConfig.from_options(options(num_users=0, steps="2,4")).steps == [2, 4]  # users from the steps
+    # a step ramp names its own user counts (in a subprocess: benchmark.load imports Locust)
+    script = ("import argparse; from benchmark.options import RunConfig, add_arguments; p = argparse.ArgumentParser(); "
+              "add_arguments(p); o = p.parse_args([]); o.host = o.run_time = None; o.num_users = 0; o.steps = '2,4'; "
+              "print(RunConfig.from_options(o).steps)")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.stdout.strip() == "[2, 4]", res.stderr[-2000:]
     assert RunConfig.from_options(options(num_users=None)).mode == "perf"  # web UI: the form sets it
 
 
