@@ -22,7 +22,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from benchmark import arrivals, datasets, distributed, health, idle, load, simulator
 from benchmark.server_metrics import scrape
 from benchmark.client import ChatClient, ClientError
-from benchmark.options import ConfigError, RunConfig, add_arguments
+from benchmark.options import ConfigError, RunConfig, add_arguments, check_output_dir
 from benchmark.run import WARMUP, ReportError, Run, build_body
 from benchmark import webui
 
@@ -33,8 +33,9 @@ class State:
     """What every user of this process shares."""
     cfg: RunConfig | None = None
     sim = None          # the built-in simulator child, when we started one
+    sim_args: tuple = ()  # the options it was started with
     model = ""
-    prepared_for = None  # (host, options) the prompts and bodies were built for
+    prepared_for = None  # the RunConfig (host included) the prompts and bodies were built for
     prompts: list = []
     bodies: list = []
     cursor = itertools.count()
@@ -70,6 +71,54 @@ def _add_options(parser, **_):
     add_arguments(parser)
 
 
+SIM_ANSWERS = "simulator_answers.jsonl"  # in a gsm8k folder: what the built-in simulator answers
+
+
+def _sim_args(cfg: RunConfig) -> tuple:
+    """The built-in simulator's options for this run: timing, slots, and the dataset's answers file."""
+    args = ("--ttft-ms", f"{cfg.sim_ttft_ms:g}", "--itl-ms", f"{cfg.sim_itl_ms:g}",
+            "--max-concurrency", str(cfg.sim_max_concurrency))
+    path = cfg.dataset_path or ""
+    answers = os.path.join(os.path.dirname(path) if os.path.isfile(path) else path, SIM_ANSWERS)
+    if cfg.dataset == "gsm8k" and path and os.path.isfile(answers):
+        args += ("--answers", os.path.abspath(answers))
+    return args
+
+
+def _sim_line(verb: str, args: tuple) -> str:
+    o = dict(zip(args[::2], args[1::2]))
+    answers = f", answers from {os.path.relpath(o['--answers'])}" if "--answers" in o else ""
+    return (f"{verb} the built-in simulator at {State.sim.url} (pid {State.sim.pid}, TTFT {o['--ttft-ms']} ms, "
+            f"ITL {o['--itl-ms']} ms{answers})")
+
+
+def _target(cfg: RunConfig, host: str | None) -> str:
+    """The host to test. Empty, or the built-in simulator's URL: the built-in simulator, started, or
+    restarted on its port when its options (--sim-*, the answers file) changed, e.g. in the web UI form.
+    Any other host is used as given (the --sim-* options do not apply to it)."""
+    if host and not (State.sim and host.rstrip("/") == State.sim.url):
+        return host
+    args = _sim_args(cfg)
+    if State.sim is None:
+        State.sim, State.sim_args = simulator.start(*args), args
+        print(f"No --host given: {_sim_line('started', args)}", flush=True)
+    elif args != State.sim_args:
+        port = State.sim.url.rsplit(":", 1)[1]
+        State.sim.stop()
+        State.sim = None
+        State.sim, State.sim_args = simulator.start(*args, "--port", port), args
+        print(f"Simulator options changed: {_sim_line('restarted', args)}", flush=True)
+    return State.sim.url
+
+
+def _config(environment) -> RunConfig:
+    cfg = RunConfig.from_options(environment.parsed_options)
+    if not environment.host and State.sim:  # the web UI form's host field was cleared
+        environment.host = State.sim.url
+    cfg.host = environment.host
+    return cfg
+
+
 def _load_prompts(cfg: RunConfig) -> list:
     """The dataset's prompts, loaded once per prompt configuration (tokenizing takes seconds)."""
     key = repr((cfg.prompt_config, cfg.dataset_path, cfg.tokenizer, cfg.seed))
@@ -81,11 +130,11 @@ def _load_prompts(cfg: RunConfig) -> list:
     return State.loaded[key]
 
 
-def _prepare(environment) -> None:
-    """Validate options, check the target, resolve the model, build every request body.
-    Raises ConfigError / ClientError / DatasetError with one-line messages."""
-    cfg = RunConfig.from_options(environment.parsed_options)
-    cfg.host = environment.host
+def _prepare(environment, cfg: RunConfig) -> str:
+    """Check the output folder and the target (cfg.host), resolve the model, build every request body.
+    Raises ConfigError / ClientError / DatasetError with one-line messages; returns the prompts' line."""
+    if not isinstance(environment.runner, WorkerRunner):  # a worker writes no folder
+        check_output_dir(cfg.output_dir)
     probe = ChatClient(cfg.host, cfg.api_key, timeout=min(cfg.timeout, 10), read_timeout=30)
     try:
         listed = probe.get_json("/v1/models")
@@ -101,10 +150,11 @@ def _prepare(environment) -> None:
             raise ClientError(f"--model is empty and {cfg.host}/v1/models lists no model; pass --model") from None
     State.cfg, State.model, State.prompts = cfg, model, _load_prompts(cfg)
     State.bodies = [build_body(p, cfg, model) for p in State.prompts]
-    State.prepared_for = (environment.host, repr(vars(environment.parsed_options)))
+    State.prepared_for = cfg
     # loading a tokenizer blocks for seconds: refresh gevent's cached clock, or Locust's -t timer,
     # armed right after, would count that time as run time
     gevent.get_hub().loop.update_now()
+    return datasets.describe(State.prompts)
 
 
 def _set_stage(name: str) -> None:
@@ -133,26 +183,30 @@ def _end_scored_pass(environment) -> None:
 def _on_init(environment, **_):
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
-        distributed.install_worker(runner, _set_shard, lambda name: setattr(State, "stage", name))
-        try:  # the slow part now, not in test_start where it would stall the worker's heartbeat
+        # A worker's own command line is not the run's options: the master sends its options and target
+        # (distributed.PREPARE) and counts the worker ready once it has built everything (so a bad option
+        # is reported once, by the master, and -t starts when every worker can send at once).
+        distributed.install_worker(runner, _set_shard, lambda name: setattr(State, "stage", name),
+                                   lambda host, options: _prepare_worker(environment, host, options))
+        if getattr(environment.parsed_options, "processes", None):
+            distributed.die_with_parent()  # a --processes child: gone with its master, even one that failed
+        try:  # warm the cache while the master starts up: usually its options are these very ones
             _load_prompts(RunConfig.from_options(environment.parsed_options))
-        except (ConfigError, datasets.DatasetError) as e:
-            _die(str(e))
-        return  # the master checks the target; workers finish preparing when the test starts
+        except Exception:  # noqa: BLE001 - whatever is wrong, the master's options decide and it reports
+            pass
+        return
     if isinstance(runner, MasterRunner):
         State.collector = distributed.MasterCollector(runner, lambda: State.run,
-                                                      lambda: _end_scored_pass(environment))
-    webui.install(environment, lambda: State.run)  # the live "LLM metrics" tab, when the web UI runs
+                                                      lambda: _end_scored_pass(environment),
+                                                      lambda name, error: _worker_failed(environment, name, error))
+    # the live "LLM metrics" tab and the Start check, when the web UI runs
+    webui.install(environment, lambda: State.run, check_start=lambda options, host: _check_start(environment, options, host))
     try:
-        RunConfig.from_options(environment.parsed_options)  # option errors before anything starts
-        if not environment.host:
-            o = environment.parsed_options
-            State.sim = simulator.start("--ttft-ms", str(o.sim_ttft_ms), "--itl-ms", str(o.sim_itl_ms),
-                                        "--max-concurrency", str(o.sim_max_concurrency or 0))
-            environment.host = State.sim.url
-            print(f"No --host given: started the built-in simulator at {State.sim.url} "
-                  f"(pid {State.sim.pid}, TTFT {o.sim_ttft_ms} ms, ITL {o.sim_itl_ms} ms)", flush=True)
-        _prepare(environment)
+        cfg = RunConfig.from_options(environment.parsed_options)  # option errors before anything starts
+        environment.host = _target(cfg, environment.host)
+        print(_prepare(environment, _config(environment)), flush=True)
+        if State.collector:
+            State.collector.prepare(environment.host, distributed.custom_options(environment.parsed_options))
         cfg = State.cfg
         if cfg.steps:
             environment.shape_class = load.StepShape(cfg.steps, cfg.step_time, _set_stage)
@@ -168,16 +222,59 @@ def _on_init(environment, **_):
         _die(f"{type(e).__name__}: {e}")
 
 
+def _prepare_worker(environment, host: str, options: dict) -> str:
+    """A worker, told by the master what to prepare (before the test, so before the -t clock)."""
+    vars(environment.parsed_options).update(options)  # as Locust does with the options of each spawn
+    environment.host = host
+    summary = _prepare(environment, _config(environment))
+    log.info("prepared for %s: %s", host, summary)
+    return summary
+
+
+def _worker_failed(environment, name: str, error: str) -> None:
+    """A worker could not prepare: headless, the run stops with that one line; the web UI's Start shows it."""
+    if environment.parsed_options.headless:
+        def stop():
+            environment.runner.quit()  # the workers quit too
+            _die(f"worker {name}: {error}")  # SystemExit reaches the main greenlet: exit 2
+        gevent.spawn(stop)
+
+
+def _check_start(environment, options, host: str) -> str | None:
+    """The web UI's Start, before Locust starts anything: the form's values are checked and prepared for
+    (the simulator restarted when its options changed, workers prepared too). Returns why it can't start
+    (one line, which the form shows) or None."""
+    try:
+        cfg = RunConfig.from_options(options)
+        cfg.host = _target(cfg, host)
+        if cfg != State.prepared_for:
+            print(_prepare(environment, cfg), flush=True)
+        if State.collector:
+            State.collector.prepare(cfg.host, distributed.custom_options(options))
+            return State.collector.wait_prepared()
+    except (ConfigError, ClientError, datasets.DatasetError) as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - e.g. the simulator could not restart: one line, not a traceback
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 @events.test_start.add_listener
 def _on_test_start(environment, **_):
     if environment.parsed_options is None:
         return
     try:
-        if State.prepared_for != (environment.host, repr(vars(environment.parsed_options))):
-            _prepare(environment)  # host or options changed in the web UI form
+        cfg = _config(environment)
+        if cfg != State.prepared_for:  # not prepared for these options (the web UI checks them at Start)
+            log.info("llm-testing: %s", _prepare(environment, cfg))
+        if State.collector:
+            problem = State.collector.wait_prepared()
+            if problem:
+                raise ConfigError(problem)
     except (ConfigError, ClientError, datasets.DatasetError) as e:
         log.error("llm-testing: %s", e)
-        environment.runner.stop()
+        State.run = None
+        gevent.spawn(environment.runner.stop)  # after the start that fired this event, not inside it
         return
     cfg = State.cfg
     State.worker_id = f"{socket.gethostname()}:{os.getpid()}"
@@ -314,8 +411,8 @@ class LLMUser(User):
     @task
     def chat(self):
         run = State.run
-        if run is None:  # options were rejected at test start
-            return
+        if run is None:  # options were rejected at test start: stop, don't spin
+            raise StopUser()
         n = next(State.cursor)
         if n >= State.limit:
             State.pass_done = True  # the asked number of requests, or one scored pass, has been sent

@@ -35,11 +35,41 @@ def main(argv: list[str] | None = None) -> int:
 
     from .run import ReportError, report
     try:
-        report(args.run_dir, profile=args.metric_profile, html=args.html or True)
+        if args.metric_profile:
+            set_profile(args.run_dir, args.metric_profile)
+        report(args.run_dir, html=args.html or True)
     except ReportError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     return 0
+
+
+def set_profile(run_dir: str, profile: str) -> None:
+    """`report --metric-profile P`: the run folder holds one profile's tables at a time (AISBench's file
+    names, which its tools expect), and config.json says which; so P is written there first and the tables
+    and report.html are then made in it. `metric_profile_as_run` keeps the one the test ran with;
+    `report RUN --metric-profile <that one>` goes back."""
+    import json
+    import os
+    from .run import ReportError
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(os.path.join(run_dir, "records.jsonl")):
+        return  # report() says what is missing
+    config = {}
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+        except ValueError as e:
+            raise ReportError(f"{path}: not valid JSON ({e})") from None
+    old = config.get("metric_profile", "default")
+    if old == profile:
+        return
+    config.setdefault("metric_profile_as_run", old)
+    config["metric_profile"] = profile
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    print(f"Metric profile {profile} (was {old}): config.json updated; tables and report.html follow it")
 
 
 if __name__ == "__main__":

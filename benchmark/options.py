@@ -6,8 +6,11 @@ Numbers are parsed here rather than by argparse so a bad value gives one line na
 """
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 
 from . import datasets as ds
@@ -48,6 +51,7 @@ class RunConfig:
     seed: int = 0
     sim_ttft_ms: float = 100.0
     sim_itl_ms: float = 20.0
+    sim_max_concurrency: int = 0
     steps: list = field(default_factory=list)
     search: bool = False            # capacity search over user counts (needs --slo)
     slo_attainment: float = 90.0    # % of requests that must meet every SLO for a step to pass
@@ -116,6 +120,8 @@ class RunConfig:
             seed=_int(o, "seed", 0),
             sim_ttft_ms=_float(o, "sim_ttft_ms", 0.0),
             sim_itl_ms=_float(o, "sim_itl_ms", 0.0),
+            sim_max_concurrency=(_int(o, "sim_max_concurrency", 0)
+                                 if _raw(o, "sim_max_concurrency") not in ("", None) else 0),
             request_rate=_float(o, "request_rate", 0.0) if _raw(o, "request_rate") else 0.0,
             num_requests=_int(o, "num_requests", 0) if _raw(o, "num_requests") else 0,
             warmup=_int(o, "warmup", 0) if _raw(o, "warmup") else 0,
@@ -139,6 +145,9 @@ class RunConfig:
             from .load import parse_step_time, parse_steps
             cfg.steps = parse_steps(_raw(o, "steps"))
             cfg.step_time = parse_step_time(_raw(o, "step_time") or "60s")
+        users = _raw(o, "num_users")
+        if isinstance(users, int) and users < 1 and not (cfg.steps or cfg.search):
+            raise ConfigError(f"-u/--users: must be at least 1, got {users} (0 users send no request)")
         if cfg.mode in ("accuracy", "all") and cfg.ignore_eos:
             raise ConfigError(f"--ignore-eos can't be used with --mode {cfg.mode}: "
                               "scored answers must end naturally")
@@ -152,10 +161,42 @@ def _dataset_options(o) -> dict:
         raise ConfigError(str(e)) from None
 
 
+# `--help` groups, in the order they are listed; each option's group by its flag (the rest: "LLM other")
+GROUPS = {
+    "LLM dataset": ("--dataset", "--dataset-path", "--num-prompts", "--prompt-style", "--subset", "--input-len",
+                    "--output-len", "--prefix-tokens", "--seed", "--tokenizer"),
+    "LLM request": ("--model", "--model-abbr", "--api-key", "--max-out-len", "--ignore-eos", "--temperature",
+                    "--top-p", "--top-k", "--extra-body", "--no-stream"),
+    "LLM load shape": ("--steps", "--step-time", "--request-rate", "--burstiness", "--ramp-up-strategy",
+                       "--ramp-up-start-rps", "--ramp-up-end-rps", "--capacity-search", "--slo-attainment",
+                       "--search-max-users", "--num-requests", "--warmup"),
+    "LLM output": ("--mode", "--metric-profile", "--output-dir", "--slo", "--server-metrics",
+                   "--server-metrics-interval"),
+    "LLM simulator (the built-in target when no --host)": ("--sim-ttft-ms", "--sim-itl-ms",
+                                                            "--sim-max-concurrency"),
+    "LLM reliability": ("--timeout", "--read-timeout", "--retry", "--retry-on-overload", "--retry-max-wait"),
+}
+HELP_FLAG = "--llm-help"
+
+
 def add_arguments(parser) -> None:
+    """Our options on Locust's parser, in argument groups (so a help listing groups them).
+
+    Locust answers `--help` before it imports the locustfile, so its help never lists a locustfile's
+    options (locust issue #2917); `locust -f locustfile.py --llm-help` lists ours."""
+    groups = {title: parser.add_argument_group(title) for title in (*GROUPS, "LLM other")}
+    group_of = {flag: groups[title] for title, flags in GROUPS.items() for flag in flags}
+
     def add(*flags, **kw):
-        # on the parser itself: Locust's web-UI flags don't exist on argument groups
-        parser.add_argument(*flags, include_in_web_ui=kw.pop("ui", True), **kw)
+        ui, secret = kw.pop("ui", True), kw.pop("is_secret", False)
+        action = group_of.get(flags[0], groups["LLM other"]).add_argument(*flags, **kw)
+        # what Locust's own add_argument sets (its argument groups don't take these keywords): the web UI
+        # form lists every action with include_in_web_ui, whichever group holds it
+        action.include_in_web_ui, action.is_secret = ui, secret
+        action.is_required = action.is_multiple = False
+
+    groups["LLM other"].add_argument(HELP_FLAG, action=_HelpAction, nargs=0, default=argparse.SUPPRESS,
+                                     help="list this locustfile's options (LLM-Testing), grouped, and exit")
 
     add("--model", default="", help="model name sent in requests; empty: ask GET /v1/models")
     add("--model-abbr", default="", help="name of the model's output folder (default: --model)")
@@ -192,8 +233,9 @@ def add_arguments(parser) -> None:
         help="also retry HTTP 429/503, after Retry-After (at most --retry-max-wait)")
     add("--retry-max-wait", default="30", help="longest wait in seconds before a retry (default 30)")
     add("--seed", default="0", help="random seed of synthetic prompts")
-    add("--sim-ttft-ms", default="100", help="built-in simulator TTFT (used when no --host)")
-    add("--sim-itl-ms", default="20", help="built-in simulator ITL (used when no --host)")
+    add("--sim-ttft-ms", default="100", help="built-in simulator TTFT in ms (the target when no --host; "
+        "changed in the web UI, the simulator restarts with it; not applicable to any other host)")
+    add("--sim-itl-ms", default="20", help="built-in simulator ITL in ms (as --sim-ttft-ms)")
     add("--sim-max-concurrency", default="0", help="built-in simulator: requests answered at once, "
         "the rest queue (0: unlimited)")
     add("--steps", default="", help="step ramp: user counts held --step-time each, e.g. 8,16,32; "
@@ -209,7 +251,7 @@ def add_arguments(parser) -> None:
     add("--ramp-up-end-rps", default="", help="request rate at the end of a --ramp-up-strategy ramp")
     add("--capacity-search", action="store_true", default=False,
         help="find the most users meeting --slo: double per --step-time until a step fails, then bisect")
-    add("--slo-attainment", default="90", help="capacity search: % of a step's requests that must meet "
+    add("--slo-attainment", default="90", help="capacity search: percentage of a step's requests that must meet "
         "every --slo limit")
     add("--search-max-users", default="1024", help="capacity search: stop doubling here")
     add("--num-requests", default="", help="end the run after this many requests (then tables); "
@@ -222,6 +264,33 @@ def add_arguments(parser) -> None:
     add("--server-metrics-interval", default="1", help="seconds between two scrapes of --server-metrics")
     add("--burstiness", default="1", help="open loop arrival shape: 1 Poisson, <1 burstier, "
         ">1 smoother, 0 constant")
+
+
+class _HelpAction(argparse.Action):
+    """`--llm-help`: our option groups only (Locust's own: `locust --help`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        ours = [g for g in parser._action_groups if g.title and g.title.startswith("LLM ")]
+        formatter = parser._get_formatter()
+        formatter.add_text("Options of this locustfile (LLM-Testing); Locust's own options: locust --help. "
+                           "Also settable in locust.conf and the web UI form.")
+        for group in ours:
+            formatter.start_section(group.title)
+            formatter.add_arguments([a for a in group._group_actions if a.help is not argparse.SUPPRESS])
+            formatter.end_section()
+        parser._print_message(formatter.format_help(), sys.stdout)
+        parser.exit()
+
+
+def check_output_dir(path: str) -> None:
+    """--output-dir must be a folder we can write run folders in: made if missing, then tried."""
+    import tempfile
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--output-dir {path}: cannot write run folders there ({e.strerror or e})") from None
 
 
 def _flag(name: str) -> str:
@@ -269,9 +338,20 @@ def _choice(o, name, choices):
 def _sampling(o) -> dict:
     """Sampling fields to send verbatim; only those the user set."""
     out = {}
-    for name, conv in (("temperature", float), ("top_p", float), ("top_k", int)):
-        if _raw(o, name) not in ("", None):
-            out[name] = _number(o, name, conv, -1e9, "a number")
+    # the ranges servers accept (vLLM's and SGLang's SamplingParams): temperature >= 0, 0 < top_p <= 1,
+    # top_k -1 (off) or >= 1 (vLLM also takes 0 for off; SGLang and older vLLM refuse it)
+    if _raw(o, "temperature") not in ("", None):
+        out["temperature"] = _number(o, "temperature", float, 0.0, "a number")
+    if _raw(o, "top_p") not in ("", None):
+        top_p = _number(o, "top_p", float, -math.inf, "a number")
+        if not 0 < top_p <= 1:
+            raise ConfigError(f"--top-p: must be in (0, 1], got {_raw(o, 'top_p')!r}")
+        out["top_p"] = top_p
+    if _raw(o, "top_k") not in ("", None):
+        top_k = _number(o, "top_k", int, -math.inf, "an integer")
+        if top_k < 1 and top_k != -1:
+            raise ConfigError(f"--top-k: must be -1 (off) or at least 1, got {_raw(o, 'top_k')!r}")
+        out["top_k"] = top_k
     extra = _raw(o, "extra_body")
     if extra:
         try:

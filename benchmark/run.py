@@ -186,6 +186,9 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
     from .report import PLOT_REQUESTS
     cols, plot_sample = read_columns(records_path, drop_cancelled=True, exclude_stages=(WARMUP,),
                                      sample_requests=PLOT_REQUESTS if html else 0)
+    if not cols.n and cols.skipped and not (cols.cancelled or cols.excluded):
+        raise ReportError(f"{records_path}: none of its {cols.skipped} line(s) is a readable record "
+                          "(not this tool's records.jsonl, or damaged)")
     cancelled = cols.cancelled
     cancelled_path = os.path.join(run_dir, CANCELLED_FILE)
     if os.path.isfile(cancelled_path):

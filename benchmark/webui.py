@@ -10,9 +10,16 @@ bucketed response times. Percentiles are over the last WINDOW requests; totals a
 
 Routes: `/llm/stats` (the same rows as JSON) and `/llm/report` (report.html of the latest run that has
 one; the "Download Data" tab links to it).
+
+Start: a `before_request` hook on `/swarm` (the form's Start) applies the form's values to a copy of the
+options, as Locust's own handler will, and asks the locustfile's `check_start(options, host)`; a bad value
+or a dead host is refused with Locust's own answer, `{"success": false, "message": ...}`, which the form
+shows above its Start button, and no test starts. The tab's first row says which run it shows (running,
+or the last one, finished), so an old run's numbers never pass for the current one.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -162,6 +169,8 @@ class Live:
         self.get_run = get_run
         self.dir: str | None = None
         self.previous: str | None = None
+        self.running = False
+        self.refused = ""  # why the last Start was refused (until the next start)
         self.window = LiveWindow()
         self._rows: list[dict] = []
         self._at = 0.0
@@ -175,19 +184,34 @@ class Live:
             self.window = LiveWindow(os.path.join(run_dir, "records.jsonl"))
             self._at = 0.0
 
-    def report_path(self) -> str | None:
+    def own_report(self) -> str | None:
+        """report.html of the run the tab shows, once written."""
         if self.dir:
             # absolute: Flask's send_file resolves a relative path against Locust's package folder
             path = os.path.abspath(os.path.join(self.dir, "report.html"))
             if os.path.isfile(path):
                 return path
-        return self.previous  # while a new run goes on, the last finished one's
+        return None
+
+    def report_path(self) -> str | None:
+        return self.own_report() or self.previous  # while a new run goes on, the last finished one's
+
+    def status_rows(self) -> list[dict]:
+        blank = {"p90": "", "p99": "", "avg": "", "n": ""}
+        name = os.path.basename(self.dir) if self.dir else ""
+        state = (f"running: {name}" if self.running and name else
+                 f"last run, finished: {name}" if name else "no run yet")
+        rows = [{"metric": "Run", "p50": state, **blank}]
+        if self.refused:
+            rows.append({"metric": "Start refused", "p50": self.refused, **blank})
+        return rows
 
     def rows(self) -> list[dict]:
         if time.monotonic() - self._at >= REFRESH_S:
             self.follow()
             self.window.poll()
-            self._rows = self.window.rows(report=self.report_path()) + server_rows(self.dir)
+            self._rows = (self.status_rows() + self.window.rows(report=self.own_report())
+                          + server_rows(self.dir))
             self._at = time.monotonic()
         return self._rows
 
@@ -231,14 +255,41 @@ def server_rows(run_dir: str | None) -> list[dict]:
     return rows
 
 
-def install(environment, get_run) -> Live | None:
+def form_options(options, form) -> argparse.Namespace | None:
+    """The options a /swarm form will leave in environment.parsed_options, applied to a copy as Locust's
+    handler applies them (same keys, same type conversions); None for a form Locust itself refuses."""
+    from locust.util.timespan import parse_timespan
+    values = dict(vars(options)) if options is not None else {}
+    try:
+        for key, value in form.items():
+            if key == "user_count":
+                values["num_users"] = int(value)
+            elif key == "spawn_rate":
+                values["spawn_rate"] = float(value)
+            elif key == "run_time":
+                if value:
+                    values["run_time"] = parse_timespan(value)
+            elif key in ("host", "user_classes", "profile", "shape_class"):
+                continue
+            elif key in values:
+                old = values[key]
+                values[key] = (value == "true" if isinstance(old, bool) else value if old is None
+                               else form.getlist(key) if isinstance(old, list) else type(old)(value))
+    except (TypeError, ValueError):
+        return None
+    return argparse.Namespace(**values)
+
+
+def install(environment, get_run, check_start=None) -> Live | None:
     """Add the LLM tab and routes to environment.web_ui (nothing when running headless / as a worker).
 
-    get_run() returns the current run (an object with `.dir`, the run folder) or None between tests."""
+    get_run() returns the current run (an object with `.dir`, the run folder) or None between tests.
+    check_start(options, host) -> None, or why the form's values can't start a test (one line)."""
     web_ui = getattr(environment, "web_ui", None)
     if web_ui is None:
         return None
     from flask import Response, jsonify, request, send_file
+    from locust.runners import STATE_RUNNING, STATE_SPAWNING
 
     live = Live(get_run)
     args = web_ui.template_args
@@ -250,15 +301,36 @@ def install(environment, get_run) -> Live | None:
 
     def on_test_start(**_):
         live.follow()
+        live.running = get_run() is not None  # None: the locustfile refused these options
+        live.refused = ""
         live._at = 0.0
 
     def on_test_stop(**_):  # runs after the locustfile's listener wrote the tables and report
+        live.running = False
         live._at = 0.0
 
     environment.events.test_start.add_listener(on_test_start)
     environment.events.test_stop.add_listener(on_test_stop)
 
     app = web_ui.app
+
+    @app.before_request
+    def _check_start():
+        if check_start is None or request.method != "POST" or not request.path.rstrip("/").endswith("/swarm"):
+            return None
+        runner = environment.runner
+        if runner is not None and runner.state in (STATE_RUNNING, STATE_SPAWNING):
+            return None  # a running test's users changed: not a new start
+        options = form_options(environment.parsed_options, request.form)
+        if options is None:
+            return None  # Locust answers a malformed user count or run time itself
+        host = str(request.form.get("host", environment.host or "")).replace("<", "").replace(">", "")
+        message = check_start(options, host)
+        if not message:
+            return None
+        live.refused = message
+        live._at = 0.0
+        return jsonify({"success": False, "message": message, "host": environment.host})
 
     @app.after_request
     def _llm_stats(response):

@@ -20,10 +20,14 @@ __all__ = ["METRICS", "AccuracyError", "AccuracyResult", "extract_accuracy", "ex
 
 
 def main(run_dir: str, progress: bool = True) -> int:
-    """`python -m benchmark accuracy RUN_DIR`: rescore from records.jsonl; 0, or 2 with one error line."""
+    """`python -m benchmark accuracy RUN_DIR`: rescore from records.jsonl and re-render report.html;
+    0, or 2 with one error line."""
     try:
         score_run(run_dir, progress=progress)
     except AccuracyError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
+    # report.html shows the accuracy too: re-rendered, so the run folder never disagrees with itself
+    from ..report import render
+    print(f"Report written to {render(run_dir)}")
     return 0

@@ -6,6 +6,7 @@ keyword arguments of `load` (plain JSON-able values, safe to keep in config.json
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -19,6 +20,27 @@ class Prompt:
     messages: list[dict]
     reference: str | None = None   # the gold answer, for scored datasets
     max_tokens: int | None = None  # per-prompt output length (synthetic lengths, custom files)
+
+
+class Prompts(list):
+    """A loader's prompts, with what it says about them: `source` (where they came from) and `dropped`
+    ({reason: how many items of the source the loader left out})."""
+
+    def __init__(self, items=(), source: str = "", dropped: dict | None = None):
+        super().__init__(items)
+        self.source = source
+        self.dropped = dict(dropped or {})
+
+
+def describe(prompts: list) -> str:
+    """One console line: how many prompts, from what, and how many items a filter left out and why."""
+    source = getattr(prompts, "source", "")
+    dropped = getattr(prompts, "dropped", {})
+    line = f"Prompts: {len(prompts)} loaded" + (f" ({source})" if source else "")
+    if dropped:
+        line += (f"; {sum(dropped.values())} left out by the loader's filters: "
+                 + ", ".join(f"{n} {reason}" for reason, n in dropped.items()))
+    return line
 
 
 DATASETS = ("synthetic", "gsm8k", "custom", "sharegpt")
@@ -105,11 +127,15 @@ def load(name: str, path: str | None = None, num_prompts: int = 0, input_len="fi
         raise DatasetError(f"--num-prompts: must not be negative; got {n}")
     n = n or DEFAULT_NUM_PROMPTS.get(name, 0)
     if name == "gsm8k":
-        from .gsm8k import load as load_gsm8k
-        return load_gsm8k(path, n, prompt_style=prompt_style, subset=subset)
+        from .gsm8k import _folder, load as load_gsm8k
+        prompts = load_gsm8k(path, n, prompt_style=prompt_style, subset=subset)
+        test = os.path.join(_folder(path), "test.jsonl")
+        return Prompts(prompts, source=f"gsm8k {subset} subset, {prompt_style}: the first {len(prompts)} of "
+                                       f"{_lines(test)} questions in {test}")
     if name == "custom":
         from .custom import load as load_custom
-        return load_custom(path, n)
+        prompts = load_custom(path, n)
+        return Prompts(prompts, source=f"custom, {path}" + (" (--num-prompts: its first ones)" if n else ""))
     tok = _tokenizer(tokenizer)
     if name == "sharegpt":
         from .sharegpt import load as load_sharegpt
@@ -117,8 +143,17 @@ def load(name: str, path: str | None = None, num_prompts: int = 0, input_len="fi
     from .synthetic import load as load_synthetic
     if not output_len and max_out_len:
         output_len = f"fixed:{int(max_out_len)}"
-    return load_synthetic(n, input_len, seed, tok, output_len=output_len or None,
-                          prefix_tokens=prefix_tokens)
+    prompts = load_synthetic(n, input_len, seed, tok, output_len=output_len or None,
+                             prefix_tokens=prefix_tokens)
+    return Prompts(prompts, source=f"synthetic, input {input_len}"
+                                   + (f", output {output_len}" if output_len else "")
+                                   + (f", shared prefix {prefix_tokens}" if prefix_tokens else ""))
+
+
+def _lines(path: str) -> int:
+    """Non-blank lines of a jsonl file (the loader already read it: it exists)."""
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def _tokenizer(tokenizer):

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from . import DatasetError, Prompt
+from . import DatasetError, Prompt, Prompts
 
 MIN_PROMPT_LEN = 4
 MIN_OUTPUT_LEN = 4
@@ -24,8 +24,12 @@ MAX_TOTAL_LEN = 2048
 HUMAN = ("human", "user")
 
 
-def pairs(path: str) -> list[tuple[str, str]]:
-    """(first human turn, the reply after it) of every usable conversation, in file order."""
+NO_PAIR = "no human turn followed by a reply"
+
+
+def pairs(path: str, counts: dict | None = None) -> list[tuple[str, str]]:
+    """(first human turn, the reply after it) of every usable conversation, in file order.
+    counts (optional): gets "conversations" (the file's items) and NO_PAIR (those without a pair)."""
     if not os.path.isfile(path):
         raise DatasetError(f"--dataset-path {path}: no such file")
     try:
@@ -52,6 +56,9 @@ def pairs(path: str) -> list[tuple[str, str]]:
                         and reply.get("from") not in HUMAN and isinstance(reply.get("value"), str)):
                     out.append((turn["value"], reply["value"]))
                 break
+    if counts is not None:
+        counts["conversations"] = len(data)
+        counts[NO_PAIR] = len(data) - len(out)
     return out
 
 
@@ -59,7 +66,9 @@ def load(path: str, num_prompts: int = 1000, seed: int = 0, tokenizer=None,
          max_out_len: int | None = None) -> list[Prompt]:
     from ..tokens import encode_lens, load_tokenizer
     tok = tokenizer if tokenizer is not None else load_tokenizer(None)
-    convs = pairs(path)
+    counts: dict = {}
+    convs = pairs(path, counts)
+    dropped = {NO_PAIR: counts[NO_PAIR]}
     if not convs:
         raise DatasetError(f"{path}: no conversation with a human turn followed by a reply")
     order = np.random.default_rng(seed).permutation(len(convs))
@@ -72,9 +81,12 @@ def load(path: str, num_prompts: int = 1000, seed: int = 0, tokenizer=None,
         o_lens = ([fixed] * len(batch) if fixed else
                   encode_lens(tok, [r for _, r in batch], add_special_tokens=True))
         for (prompt, _), p_len, o_len in zip(batch, p_lens, o_lens):
-            if p_len < MIN_PROMPT_LEN or (fixed is None and o_len < MIN_OUTPUT_LEN):
-                continue
-            if p_len > MAX_PROMPT_LEN or p_len + o_len > MAX_TOTAL_LEN:
+            reason = (f"prompt under {MIN_PROMPT_LEN} tokens" if p_len < MIN_PROMPT_LEN else
+                      f"reply under {MIN_OUTPUT_LEN} tokens" if fixed is None and o_len < MIN_OUTPUT_LEN else
+                      f"prompt over {MAX_PROMPT_LEN} tokens" if p_len > MAX_PROMPT_LEN else
+                      f"prompt + reply over {MAX_TOTAL_LEN} tokens" if p_len + o_len > MAX_TOTAL_LEN else None)
+            if reason:
+                dropped[reason] = dropped.get(reason, 0) + 1
                 continue
             kept.append((prompt, o_len))
             if len(kept) == num_prompts:
@@ -84,5 +96,7 @@ def load(path: str, num_prompts: int = 1000, seed: int = 0, tokenizer=None,
     if not kept:
         raise DatasetError(f"{path}: no conversation passed the length filters (prompt 4-1024 tokens, "
                            "reply at least 4, both at most 2048)")
-    return [Prompt(index=i, messages=[{"role": "user", "content": p}], max_tokens=o)
-            for i, (p, o) in enumerate(kept)]
+    return Prompts([Prompt(index=i, messages=[{"role": "user", "content": p}], max_tokens=o)
+                    for i, (p, o) in enumerate(kept)],
+                   source=f"sharegpt, {counts['conversations']} conversations in {path}",
+                   dropped={k: v for k, v in dropped.items() if v})
