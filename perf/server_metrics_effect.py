@@ -27,7 +27,8 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=1.0, help="--server-metrics-interval, seconds")
     p.add_argument("--repeats", type=int, default=2, help="runs per setting, alternated")
     a = p.parse_args()
-    keys = ("TTFT err mean/p99 ms", "ITL err mean/p99 ms", "requests", "client CPU")
+    keys = ("TTFT err mean/p99 ms", "= send->arrival mean/p99", "+ written->read mean/p99", "ITL err mean/p99 ms",
+            "requests", "client CPU", "sim CPU")
     rows = []
     for i in range(a.repeats):
         for scraping in (False, True):
