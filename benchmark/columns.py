@@ -55,6 +55,11 @@ class Columns:
     cancelled: int = 0         # left out: cut short by the test stopping
     excluded: int = 0          # left out: in an excluded stage (warm-up)
     skipped: int = 0           # unreadable lines or records
+    resent: int = 0            # requests sent again at once: the first send never left (record `resends`)
+    resends: int = 0
+    retried: int = 0           # requests with attempts --retry allowed (record `retries`)
+    retries: int = 0
+    retried_failed: int = 0    # of those, failed on every attempt
 
     @property
     def n(self) -> int:
@@ -82,6 +87,7 @@ class ColumnBuilder:
         self.failed, self.examples, self.text_sample = [], [], []
         self.sources: Counter = Counter()
         self.cancelled = self.excluded = self.skipped = 0
+        self.resent = self.resends = self.retried = self.retries = self.retried_failed = 0
         self._usage_seen = 0
         self._kinds_seen: dict[str, bytes] = {}
         self._rng = random.Random(seed)
@@ -111,6 +117,7 @@ class ColumnBuilder:
                 offsets, kinds = _NO_OFFSETS, b""
             t_send, t_sched = _float(rec.get("t_send")), _float(rec.get("t_sched"))
             tokens_in, tokens_out = _count(rec.get("input_tokens")), _count(rec.get("output_tokens"))
+            resends, retries = int(_count(rec.get("resends"))), int(_count(rec.get("retries")))
             code = self.stage_codes.setdefault(stage, len(self.stage_codes))
         except (TypeError, ValueError, IndexError, KeyError, OverflowError):
             self.skipped += 1
@@ -133,6 +140,13 @@ class ColumnBuilder:
             self._keep_success(rec, tokens_out)
         else:
             self.failed.append({"error": error, "http_status": rec.get("http_status")})
+        if resends:
+            self.resent += 1
+            self.resends += resends
+        if retries:
+            self.retried += 1
+            self.retries += retries
+            self.retried_failed += not ok
 
     def _kind_codes(self, kinds: tuple) -> bytes:
         # most requests of a run share a few kind sequences (role, n x content, other, usage): looking
@@ -198,7 +212,7 @@ class ColumnBuilder:
         return {"stage_names": list(self.stage_codes), "any_sched": self.any_sched, "failed": self.failed,
                 "examples": self.examples, "text_sample": self.text_sample, "usage_seen": self._usage_seen,
                 "sources": dict(self.sources), "cancelled": self.cancelled, "excluded": self.excluded,
-                "skipped": self.skipped}
+                "skipped": self.skipped, **{k: getattr(self, k) for k in _ATTEMPTS}}
 
     def _merge_small(self, meta: dict, part_stage: array) -> None:
         recode = [self.stage_codes.setdefault(name, len(self.stage_codes)) for name in meta["stage_names"]]
@@ -210,6 +224,8 @@ class ColumnBuilder:
         self.cancelled += meta["cancelled"]
         self.excluded += meta["excluded"]
         self.skipped += meta["skipped"]
+        for k in _ATTEMPTS:
+            setattr(self, k, getattr(self, k) + meta[k])
         # two uniform samples -> one: each side keeps a share in proportion to what it saw
         seen = self._usage_seen + meta["usage_seen"]
         if len(self.text_sample) + len(meta["text_sample"]) > TEXT_SAMPLE:
@@ -229,7 +245,11 @@ class ColumnBuilder:
             output_tokens=_np(self.output_tokens, np.float64), stage=_np(self.stage, np.int32), stage_names=names,
             counts=_np(self.counts, np.int64), offsets=_np(self.offsets, np.float64), kinds=_np(self.kinds, np.uint8),
             failed=self.failed, examples=self.examples, text_sample=self.text_sample, sources=self.sources,
-            cancelled=self.cancelled, excluded=self.excluded, skipped=self.skipped)
+            cancelled=self.cancelled, excluded=self.excluded, skipped=self.skipped,
+            **{k: getattr(self, k) for k in _ATTEMPTS})
+
+
+_ATTEMPTS = ("resent", "resends", "retried", "retries", "retried_failed")  # counters of ColumnBuilder
 
 
 def token_mask(kinds: np.ndarray) -> np.ndarray:

@@ -411,6 +411,8 @@ def test_retry_recovers_connection_resets_and_shows_attempts(jobs):
     attempts = [r["attempts"] for r in res.records]
     assert set(attempts) == {1, 2} and attempts.count(2) >= 2, attempts
     assert all(r["retries"] == r["attempts"] - 1 and r["resends"] == 0 for r in res.records)
+    retried = sum(a == 2 for a in attempts)
+    assert f"{retried} request(s) retried under --retry ({retried} retries): {retried} then succeeded" in res.out
     check_normal([r for r in res.records if r["attempts"] == 1])
 
 

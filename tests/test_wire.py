@@ -548,3 +548,31 @@ def test_event_times_against_the_simulators_trace(tmp_path):
         due = [server["arrival"] + 0.050 + 0.100 * i for i in range(4)]
         assert all(c >= d - 1e-3 for c, d in zip(client, due)), (client, due)
         assert all(c < w for c, w in zip(client, written[1:])), (client, written)
+
+
+# ------------------------------------------------------------------ the records and the console count them
+
+
+def test_report_counts_resends_and_retries_and_reads_old_records(tmp_path, capsys):
+    from benchmark.records import new_record
+    from benchmark.run import report
+
+    def rec(i, **kw):
+        ok = kw.pop("ok", True)
+        return new_record(id=i, t_send=100.0 + i, success=ok, error="" if ok else "connection error: x",
+                          events=[[0.1, "content", 3], [0.2, "content", 3]] if ok else [],
+                          input_tokens=5, output_tokens=2, finish_reason="stop", **kw)
+    old = {k: v for k, v in rec(0, attempts=1).items() if k not in ("resends", "retries", "t_first_send")}
+    recs = [old, rec(1, attempts=2, resends=1, retries=0, t_first_send=100.9),
+            rec(2, attempts=3, resends=0, retries=2, t_first_send=101.5),
+            rec(3, ok=False, attempts=2, resends=0, retries=1, t_first_send=102.5), rec(4, attempts=1)]
+    with open(tmp_path / "records.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs)
+    report(str(tmp_path), html=False)
+    out = capsys.readouterr().out
+    assert ("Resends and retries: 1 request(s) resent at once (1 resend(s)): the first send on a kept-alive "
+            "connection the server had already closed never left; 2 request(s) retried under --retry (3 retries): "
+            "1 then succeeded, 1 failed every attempt") in out
+    from benchmark.records import read_records
+    records, skipped = read_records(str(tmp_path / "records.jsonl"))
+    assert skipped == 0 and records[0]["resends"] is None and records[0]["t_first_send"] is None
