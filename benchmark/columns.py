@@ -283,10 +283,9 @@ def read_columns(path: str, drop_cancelled: bool = True, exclude_stages: tuple =
     size = os.path.getsize(path)
     if processes is None:
         processes = min(os.cpu_count() or 1, MAX_PROCESSES) if size > PARALLEL_BYTES else 1
-    every = 0
-    if sample_requests:  # keep every k-th record, k from the file's size and its first line's
-        with open(path, "rb") as f:
-            every = max(1, math.ceil(size / max(len(f.readline()), 1) / sample_requests))
+    # the sample: the line that holds each multiple of `every` bytes, so the same records whichever
+    # ranges the file is cut into
+    every = max(1, size // sample_requests) if sample_requests else 0
     bounds = [size * i // processes for i in range(processes + 1)]
     args = (drop_cancelled, tuple(exclude_stages), every)
     with tempfile.TemporaryDirectory(prefix="llm-testing-columns-") as tmp:
@@ -317,7 +316,8 @@ def _spawn(path: str, start: int, end: int, args: tuple, out: str) -> subprocess
 
 def _read_range(path: str, start: int, end: int, drop_cancelled: bool, exclude_stages: tuple,
                 every: int) -> tuple[ColumnBuilder, ColumnBuilder | None]:
-    """The records of the lines that start in [start, end) (every: sample every k-th, 0 = none)."""
+    """The records of the lines that start in [start, end) (every: sample the line holding each
+    multiple of `every` bytes, 0 = none)."""
     full = ColumnBuilder(drop_cancelled, exclude_stages)
     sample = ColumnBuilder(drop_cancelled, exclude_stages) if every else None
     with open(path, "rb") as f:  # bytes: a line of broken UTF-8 is skipped like any unreadable line
@@ -326,10 +326,10 @@ def _read_range(path: str, start: int, end: int, drop_cancelled: bool, exclude_s
             f.readline()  # the end of a line that started before `start`: the previous range's
         pos = f.tell()
         loads, add = orjson.loads, full.add
-        for i, line in enumerate(f):
+        for line in f:
             if pos >= end:
                 break
-            pos += len(line)
+            first, pos = pos, pos + len(line)
             try:
                 rec = loads(line)
             except orjson.JSONDecodeError:
@@ -340,7 +340,7 @@ def _read_range(path: str, start: int, end: int, drop_cancelled: bool, exclude_s
                     full.skipped += 1
                     continue
             add(rec)
-            if sample is not None and i % every == 0:
+            if sample is not None and -(-first // every) * every < pos:
                 sample.add(rec)
     return full, sample
 
