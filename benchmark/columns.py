@@ -55,6 +55,11 @@ class Columns:
     cancelled: int = 0         # left out: cut short by the test stopping
     excluded: int = 0          # left out: in an excluded stage (warm-up)
     skipped: int = 0           # unreadable lines or records
+    resent: int = 0            # requests sent again at once: the first send never left (record `resends`)
+    resends: int = 0
+    retried: int = 0           # requests with attempts --retry allowed (record `retries`)
+    retries: int = 0
+    retried_failed: int = 0    # of those, failed on every attempt
 
     @property
     def n(self) -> int:
@@ -82,6 +87,7 @@ class ColumnBuilder:
         self.failed, self.examples, self.text_sample = [], [], []
         self.sources: Counter = Counter()
         self.cancelled = self.excluded = self.skipped = 0
+        self.resent = self.resends = self.retried = self.retries = self.retried_failed = 0
         self._usage_seen = 0
         self._kinds_seen: dict[str, bytes] = {}
         self._rng = random.Random(seed)
@@ -111,6 +117,7 @@ class ColumnBuilder:
                 offsets, kinds = _NO_OFFSETS, b""
             t_send, t_sched = _float(rec.get("t_send")), _float(rec.get("t_sched"))
             tokens_in, tokens_out = _count(rec.get("input_tokens")), _count(rec.get("output_tokens"))
+            resends, retries = int(_count(rec.get("resends"))), int(_count(rec.get("retries")))
             code = self.stage_codes.setdefault(stage, len(self.stage_codes))
         except (TypeError, ValueError, IndexError, KeyError, OverflowError):
             self.skipped += 1
@@ -133,6 +140,13 @@ class ColumnBuilder:
             self._keep_success(rec, tokens_out)
         else:
             self.failed.append({"error": error, "http_status": rec.get("http_status")})
+        if resends:
+            self.resent += 1
+            self.resends += resends
+        if retries:
+            self.retried += 1
+            self.retries += retries
+            self.retried_failed += not ok
 
     def _kind_codes(self, kinds: tuple) -> bytes:
         # most requests of a run share a few kind sequences (role, n x content, other, usage): looking
@@ -198,7 +212,7 @@ class ColumnBuilder:
         return {"stage_names": list(self.stage_codes), "any_sched": self.any_sched, "failed": self.failed,
                 "examples": self.examples, "text_sample": self.text_sample, "usage_seen": self._usage_seen,
                 "sources": dict(self.sources), "cancelled": self.cancelled, "excluded": self.excluded,
-                "skipped": self.skipped}
+                "skipped": self.skipped, **{k: getattr(self, k) for k in _ATTEMPTS}}
 
     def _merge_small(self, meta: dict, part_stage: array) -> None:
         recode = [self.stage_codes.setdefault(name, len(self.stage_codes)) for name in meta["stage_names"]]
@@ -210,6 +224,8 @@ class ColumnBuilder:
         self.cancelled += meta["cancelled"]
         self.excluded += meta["excluded"]
         self.skipped += meta["skipped"]
+        for k in _ATTEMPTS:
+            setattr(self, k, getattr(self, k) + meta[k])
         # two uniform samples -> one: each side keeps a share in proportion to what it saw
         seen = self._usage_seen + meta["usage_seen"]
         if len(self.text_sample) + len(meta["text_sample"]) > TEXT_SAMPLE:
@@ -229,7 +245,11 @@ class ColumnBuilder:
             output_tokens=_np(self.output_tokens, np.float64), stage=_np(self.stage, np.int32), stage_names=names,
             counts=_np(self.counts, np.int64), offsets=_np(self.offsets, np.float64), kinds=_np(self.kinds, np.uint8),
             failed=self.failed, examples=self.examples, text_sample=self.text_sample, sources=self.sources,
-            cancelled=self.cancelled, excluded=self.excluded, skipped=self.skipped)
+            cancelled=self.cancelled, excluded=self.excluded, skipped=self.skipped,
+            **{k: getattr(self, k) for k in _ATTEMPTS})
+
+
+_ATTEMPTS = ("resent", "resends", "retried", "retries", "retried_failed")  # counters of ColumnBuilder
 
 
 def token_mask(kinds: np.ndarray) -> np.ndarray:
@@ -263,10 +283,9 @@ def read_columns(path: str, drop_cancelled: bool = True, exclude_stages: tuple =
     size = os.path.getsize(path)
     if processes is None:
         processes = min(os.cpu_count() or 1, MAX_PROCESSES) if size > PARALLEL_BYTES else 1
-    every = 0
-    if sample_requests:  # keep every k-th record, k from the file's size and its first line's
-        with open(path, "rb") as f:
-            every = max(1, math.ceil(size / max(len(f.readline()), 1) / sample_requests))
+    # the sample: the line that holds each multiple of `every` bytes, so the same records whichever
+    # ranges the file is cut into
+    every = max(1, size // sample_requests) if sample_requests else 0
     bounds = [size * i // processes for i in range(processes + 1)]
     args = (drop_cancelled, tuple(exclude_stages), every)
     with tempfile.TemporaryDirectory(prefix="llm-testing-columns-") as tmp:
@@ -297,7 +316,8 @@ def _spawn(path: str, start: int, end: int, args: tuple, out: str) -> subprocess
 
 def _read_range(path: str, start: int, end: int, drop_cancelled: bool, exclude_stages: tuple,
                 every: int) -> tuple[ColumnBuilder, ColumnBuilder | None]:
-    """The records of the lines that start in [start, end) (every: sample every k-th, 0 = none)."""
+    """The records of the lines that start in [start, end) (every: sample the line holding each
+    multiple of `every` bytes, 0 = none)."""
     full = ColumnBuilder(drop_cancelled, exclude_stages)
     sample = ColumnBuilder(drop_cancelled, exclude_stages) if every else None
     with open(path, "rb") as f:  # bytes: a line of broken UTF-8 is skipped like any unreadable line
@@ -306,10 +326,10 @@ def _read_range(path: str, start: int, end: int, drop_cancelled: bool, exclude_s
             f.readline()  # the end of a line that started before `start`: the previous range's
         pos = f.tell()
         loads, add = orjson.loads, full.add
-        for i, line in enumerate(f):
+        for line in f:
             if pos >= end:
                 break
-            pos += len(line)
+            first, pos = pos, pos + len(line)
             try:
                 rec = loads(line)
             except orjson.JSONDecodeError:
@@ -320,7 +340,7 @@ def _read_range(path: str, start: int, end: int, drop_cancelled: bool, exclude_s
                     full.skipped += 1
                     continue
             add(rec)
-            if sample is not None and i % every == 0:
+            if sample is not None and -(-first // every) * every < pos:
                 sample.add(rec)
     return full, sample
 

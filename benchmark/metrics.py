@@ -524,6 +524,27 @@ def failure_reason(record: dict) -> str:
     return _NUMBER.sub("<n>", text)[:REASON_CHARS]
 
 
+def attempt_counts(cols: Columns) -> dict:
+    """How many requests went out more than once, and why (records' `resends` and `retries`)."""
+    return {"resent_requests": cols.resent, "resends": cols.resends, "retried_requests": cols.retried,
+            "retries": cols.retries, "retried_and_failed": cols.retried_failed}
+
+
+def attempts_note(cols: Columns) -> str:
+    """The console's line on resends and retries; empty when every request was sent once."""
+    c = attempt_counts(cols)
+    parts = []
+    if c["resends"]:
+        parts.append(f"{c['resent_requests']} request(s) resent at once ({c['resends']} resend(s)): the first send "
+                     "on a kept-alive connection the server had already closed never left")
+    if c["retries"]:
+        ok = c["retried_requests"] - c["retried_and_failed"]
+        parts.append(f"{c['retried_requests']} request(s) retried under --retry ({c['retries']} retries): {ok} then "
+                     f"succeeded, {c['retried_and_failed']} failed every attempt; their latencies count from the "
+                     "last attempt's send (t_send; t_first_send is the first's)")
+    return "Resends and retries: " + "; ".join(parts) if parts else ""
+
+
 def failure_summary(records: list[dict]) -> pd.DataFrame:
     """reason, count, first_example (error text and HTTP status of the first record with that reason)."""
     groups: dict[str, list] = {}

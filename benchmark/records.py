@@ -2,6 +2,12 @@
 
 A record is a plain dict (cheap to build and to serialise on the hot path). `events` holds one
 `[offset_s, kind, n_chars]` per SSE `data:` event, offsets from `t_send` measured with perf_counter.
+
+Attempts: `t_send` (and so every latency) is the send time of the attempt whose answer is recorded;
+`t_first_send` (epoch s) that of the request's first attempt, equal to `t_send` when it was sent once.
+`attempts` = 1 + `resends` + `retries`: a resend went out again at once because its first send on a
+kept-alive connection provably never left (the connection was already dead); a retry is an attempt
+`--retry` allowed after a failed one. Records written before these three fields read them as None.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ FIELDS = (
     "id", "worker", "user", "stage", "dataset", "prompt_index", "t_sched", "t_send", "events",
     "input_tokens", "output_tokens", "token_source", "completion", "reasoning", "finish_reason",
     "reference", "success", "error", "http_status", "attempts", "request_id",
+    "t_first_send", "resends", "retries",
 )
 
 # event kinds, as DESIGN.md names them

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmark import client, metrics
-from benchmark.client import _error_text, _http_error, finish_stream, parse_stream, read_stream
+from benchmark.client import BOM, _error_text, _http_error, finish_stream, parse_stream, read_stream
 from benchmark.columns import read_columns
 from benchmark.records import FIELDS, new_record, read_records
 from benchmark.run import ReportError, report
@@ -37,9 +37,12 @@ def _chunk(delta=None, finish=None, usage=None, choices=True) -> dict:
 
 
 @st.composite
-def sse_streams(draw) -> bytes:
+def sse_streams(draw) -> tuple[bytes, list[int], str, str]:
     """A server's SSE body: role, reasoning/content chunks, finish (usage on it or apart), [DONE], with
-    the dialects servers use: `data:` with or without a space, LF or CRLF, comments and pings."""
+    the dialects servers use and the spec allows (WHATWG 9.2.6): `data:` with or without a space, LF,
+    CRLF or CR line ends, comments and pings, a leading byte-order mark, an event's JSON spread over
+    several `data:` lines (pretty-printed). -> (body, where each chunk event's first line ends in the
+    body, the content and the reasoning the chunks carry)."""
     texts = draw(st.lists(st.tuples(st.sampled_from(["content", "reasoning_content"]),
                                     st.text(min_size=1, max_size=12)), max_size=12))
     usage = {"prompt_tokens": 3, "completion_tokens": len(texts), "total_tokens": 3 + len(texts)}
@@ -51,19 +54,24 @@ def sse_streams(draw) -> bytes:
                              usage=usage if usage_on_finish else None))
     if not usage_on_finish and draw(st.booleans()):
         events.append(_chunk(usage=usage, choices=False))
-    eol = draw(st.sampled_from([b"\n", b"\r\n"]))
+    eol = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
     prefix = draw(st.sampled_from([b"data: ", b"data:"]))
-    out = []
+    out, marks, size = [BOM] if draw(st.booleans()) else [], [], 0
     for obj in events:
         if draw(st.integers(0, 4)) == 0:
             out.append(b": keep-alive" + eol + eol)
-        out.append(prefix + json.dumps(obj, ensure_ascii=draw(st.booleans())).encode() + eol + eol)
+        indent = 1 if draw(st.integers(0, 3)) == 0 else None
+        lines = json.dumps(obj, ensure_ascii=draw(st.booleans()), indent=indent).encode().split(b"\n")
+        size = sum(map(len, out))
+        marks.append(size + len(prefix) + len(lines[0]))
+        out.append(b"".join(prefix + line + eol for line in lines) + eol)
     if draw(st.booleans()):
         out.append(prefix + b"[DONE]" + eol + eol)
     body = b"".join(out)
     if body and draw(st.booleans()):  # the last line without its line end
         body = body.rstrip(b"\r\n")
-    return body
+    return (body, marks, "".join(t for k, t in texts if k == "content"),
+            "".join(t for k, t in texts if k != "content"))
 
 
 def frame(body: bytes, how: str, chunk_sizes: list[int]) -> tuple[bytes, list[int]]:
@@ -147,29 +155,22 @@ def summary(out: dict) -> dict:
 
 
 @SETTINGS
-@given(body=sse_streams(), how=st.sampled_from(["length", "chunked", "close"]),
+@given(stream=sse_streams(), how=st.sampled_from(["length", "chunked", "close"]),
        cuts=st.lists(st.integers(0, 4000), max_size=40), chunk_sizes=st.lists(st.integers(1, 50), max_size=5),
        block_size=st.sampled_from([1, 3, 64, 4096]))
-def test_any_chunking_gives_the_same_events_and_ordered_times(body, how, cuts, chunk_sizes, block_size):
+def test_any_chunking_gives_the_same_events_and_ordered_times(stream, how, cuts, chunk_sizes, block_size):
+    body, marks, content, reasoning = stream
     raw, where = frame(body, how, chunk_sizes)
     whole, _ = receive(raw, [], 4096)
     split, starts = receive(raw, cuts, block_size)
     assert summary(split) == summary(whole)
+    assert (split["completion"], split["reasoning"]) == (content, reasoning)
     times = [e[0] for e in split["events"]]
     assert times == sorted(times)
-    # each event is stamped when the piece that completed its line arrived
-    expected, pos = [], 0
-    for line in body.splitlines(keepends=True):
-        end = pos + len(line) - 1
-        pos += len(line)
-        stripped = line.strip()
-        if not stripped.startswith(b"data:") or not stripped[5:].strip():
-            continue
-        if stripped[5:].strip() == b"[DONE]":
-            break
-        complete = line.endswith(b"\n")
-        # a last line without "\n" is taken when the message ends: the last piece
-        expected.append(piece_time(starts, where[end]) if complete else float(len(starts)))
+    # each event is stamped when the piece with the end of its first line arrived (the first byte of
+    # that line end: a CR ends a line, whether an LF follows or not); a last line without its line
+    # end is taken when the message ends: the last piece
+    expected = [piece_time(starts, where[m]) if m < len(body) else float(len(starts)) for m in marks]
     assert times == expected
 
 

@@ -35,9 +35,9 @@ ALIAS = "gemma"
 
 # llama-server (this build) closes the connection after every streamed answer although its headers say
 # "Keep-Alive: timeout=5, max=100" (its chunked content provider returns false after sink.done(), which
-# cpp-httplib takes for an aborted response). A user's next request can go into that dead socket; the
-# client resends it at once on a fresh connection (as curl does), so no --retry is needed: every request
-# succeeds, and such a request shows attempts 2.
+# cpp-httplib takes for an aborted response). A request sent into a closing connection may not be resent
+# (POST is not idempotent), so once the client has seen such a close it opens a fresh connection for every
+# request to the server: no --retry is needed, every request succeeds at its first attempt.
 
 
 def cached_paths() -> tuple[str, str]:
