@@ -119,6 +119,7 @@ class ChatClient:
         self._idle = None  # the kept-alive socket, its last response read to the end
         self._t_idle = 0.0  # when it became idle
         self._parked = None  # a response whose answer ended before its body did (see _settle)
+        self._out = None  # the current attempt's record fields (see cancelled)
         self.prefix = prefix
         self.path = prefix + ("/v1/chat/completions" if chat else "/v1/completions")
         # identity: a compressed stream can't be timed per event (RFC 9110 12.5.3)
@@ -188,7 +189,14 @@ class ChatClient:
     def cancelled(self, why: str = "the test stopped") -> dict:
         """Record fields for the request in flight when the caller was stopped (not a server failure)."""
         t, first = self.t_send, self._t_first
-        return {"t_send": epoch(t) if t is not None else time.time(), "events": [], "http_status": None,
+        events, status = [], None
+        if t is not None and self._out is not None:
+            partial = dict(self._out)
+            if "_pieces" in partial:  # cut mid-stream: the events it had, parsed now (the test is over)
+                partial["_pieces"] = list(partial["_pieces"])
+                finish_stream(partial)
+            events, status = partial["events"], partial.get("http_status")
+        return {"t_send": epoch(t) if t is not None else time.time(), "events": events, "http_status": status,
                 "success": False, "error": f"cancelled: {why} while the request was in flight",
                 "attempts": max(self.attempts, 1), "resends": self.resends, "retries": self.retries,
                 "t_first_send": epoch(first) if t is not None and first is not None else None,
@@ -282,6 +290,7 @@ class ChatClient:
         if self._t_first is None:
             self._t_first = t0
         out = {"t_send": epoch(t0), "events": [], "http_status": None, "success": False, "error": ""}
+        self._out = out  # what this attempt has read so far, should it be cancelled
         timer = gevent.Timeout(self.timeout)  # connect + send + response headers
         timer.start()
         reused = False
@@ -473,6 +482,9 @@ def read_stream(resp, t0: float, out: dict, read_timeout: float) -> dict:
     the events so far."""
     pieces = []
     append = pieces.append
+    # kept in `out` from the start: a request cancelled mid-stream keeps the events it had (the server
+    # timed its first token too, so the reconciliation can pair it)
+    out["_pieces"], out["_t0"], out["_broken"], out["_ended"] = pieces, t0, "", False
     buf = resp._body_buffer  # where geventhttpclient's parser puts the body (private, but the only way)
     sock, feed, block = resp._sock, resp.feed, resp.block_size
     t = perf_counter()

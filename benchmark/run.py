@@ -206,7 +206,9 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
         failures = failure_text(failed, n)
         if failures:
             print(failures)
-        if note := metrics.attempts_note(cols): print(note)  # wire (issue 13): resends and retries
+        note = metrics.attempts_note(cols)  # resends and retries
+        if note:
+            print(note)
         if cancelled:
             print(f"Cancelled: {cancelled} request(s) in flight when the test stopped "
                   "(not counted as failures)")

@@ -117,3 +117,17 @@ def test_the_web_ui_rows_show_the_newest_scrape(tmp_path):
         f.write('\n{"kind": "error", "t": 1, "reason": "connection refused"}\n')
     (row,) = webui.server_rows(str(tmp_path))
     assert "connection refused" in row["p50"]
+
+
+def test_requests_cut_by_the_stop_keep_their_events_and_pair_with_the_server(tmp_path, start_sim):
+    # 128 tokens take ~2.6 s: at the 4 s stop the second wave is mid-stream
+    res = run_locust(tmp_path, "--host", start_sim().url, "-u", "4", "-r", "4", "-t", "4s", "--max-out-len", "128",
+                     timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = run_dirs(tmp_path)
+    cut = read_records(os.path.join(run, "cancelled.jsonl"))[0]
+    assert cut and all(r["events"] and r["events"][0][1] == "role" for r in cut), cut[:1]
+    assert all(any(e[1] == "content" for e in r["events"]) for r in cut)
+    ttft = result(run)["latency"]["ttft"]
+    # every first token the server timed has its client sample: the mean extra is exact
+    assert ttft["n_server"] == ttft["n_client"] and ttft["mean"]["server_only"] == 0, ttft

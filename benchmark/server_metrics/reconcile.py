@@ -115,7 +115,7 @@ def client_run(run_dir: str, stream: bool | None = None) -> ClientRun | None:
 
     parts = [(cols, cancelled, ttft, e2el)]
     if extra is not None and extra.n:
-        parts.append((extra, np.ones(extra.n, bool), np.full(extra.n, np.nan), np.full(extra.n, np.nan)))
+        parts.append((extra, np.ones(extra.n, bool), _first_tokens(extra), np.full(extra.n, np.nan)))
     cat = np.concatenate
     return ClientRun(
         t_send=cat([c.t_send for c, *_ in parts]), end=cat([ends(c) for c, *_ in parts]),
