@@ -355,6 +355,7 @@ def test_the_answer_ends_at_done_whatever_the_body_does(serve, dialect):
     check_good(c.send(BODY))
     assert srv.requests[1].conn != srv.requests[0].conn  # not read to its end: closed, not reused
     assert time.perf_counter() - t < linger
+    assert c._lingers  # waited BODY_END_WAIT_S for that body's end once: not again for this server
 
 
 def test_a_body_that_ends_soon_after_done_keeps_its_connection(serve):
@@ -366,9 +367,9 @@ def test_a_body_that_ends_soon_after_done_keeps_its_connection(serve):
     srv = serve(prompt)
     c = ChatClient(srv.url)
     for _ in range(3):
-        check_good(c.send(BODY))
-        gevent.sleep(0.2)  # the body's end has arrived by the next request
+        check_good(c.send(BODY))  # the next one waits (before its t_send) for the end of this body
     assert [r.conn for r in srv.requests] == [0, 0, 0]
+    assert not c._lingers
 
 
 def test_compressed_answers_fail_naming_content_encoding(serve):
