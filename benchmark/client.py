@@ -29,6 +29,7 @@ from time import perf_counter
 from urllib.parse import urlsplit
 
 import gevent
+import gevent.select
 import orjson
 from gevent import monkey
 from geventhttpclient import HTTPClient
@@ -67,15 +68,21 @@ RETRYABLE = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedErro
 BACKOFF_S = 0.25  # first wait before retrying a connection error (doubles per attempt, capped)
 RESEND = -1.0  # _attempt's "send it again now, on a fresh connection: it never left" (not a retry)
 # A server that closed a connection this soon after a response ended closes every one (llama.cpp's
-# does, despite its Keep-Alive header); an idle-timeout close comes seconds later (uvicorn 5 s).
+# does, despite its Keep-Alive header); an idle-timeout close comes seconds later (uvicorn 5 s). Its
+# close follows the end of the body at once, but a request sent in between could not be resent: so
+# before a connection to a server is first reused, the client waits up to FIRST_REUSE_WAIT_S (before
+# t_send) for such a close. Servers seen closing get a new connection per request; servers seen
+# answering on a reused connection are not waited for again. Both sets are shared by all users.
 CLOSE_AFTER_RESPONSE_S = 1.0
+FIRST_REUSE_WAIT_S = 0.02
 # How long the user waits, before its next request's t_send, for the end of a body that went on after
 # the answer ended. uvicorn and aiohttp end it in a separate write once the handler returns: behind
 # 128 streams on one core the simulator took 1 ms (median), 25 ms (p90), 38 ms (p99, max 43). A
 # request on a new connection instead waited 65 ms (mean) between its send and the simulator's handler,
 # against 13 ms on a kept one (perf/client_capacity.py --users 128): a connection is worth a wait.
 BODY_END_WAIT_S = 0.05
-_closes_connections: set[tuple] = set()  # (host, port) of servers seen doing so, shared by all users
+_closes_connections: set[tuple] = set()  # (host, port)
+_keeps_connections: set[tuple] = set()
 
 
 class _NotSent(Exception):
@@ -209,6 +216,8 @@ class ChatClient:
         `defer`, a stream's raw body comes back unparsed: pass the result to `complete()` later, when
         the event loop has time, so parsing never delays the timestamps of other streams."""
         self._settle()  # the previous answer's connection: reusable or closed, before this t_send
+        if self._idle is not None and self._server not in _keeps_connections:
+            gevent.select.select([self._idle], [], [], FIRST_REUSE_WAIT_S)  # a close on its way? (see above)
         self.attempts = self.resends = self.retries = 0
         self._t_first = None
         self._sent += 1
@@ -334,6 +343,8 @@ class ChatClient:
         finally:
             timer.close()
         status = out["http_status"] = resp.status_code
+        if reused:
+            _keeps_connections.add(self._server)
         coding = _content_coding(resp)
         if status != 200:
             try:

@@ -462,22 +462,25 @@ def test_a_send_that_never_left_is_resent_at_once(serve, monkeypatch):
     assert len(srv.requests) == 2  # the server saw it once
 
 
-def test_a_server_that_closes_after_every_response_gets_fresh_connections(serve, monkeypatch):
-    """llama.cpp's server closes each connection right after its answer although it says Keep-Alive:
-    once seen, connections to it are not kept (a request sent as it closes could not be resent)."""
+@pytest.mark.parametrize("delay", [0.0, 0.005])
+def test_a_server_that_closes_after_every_response_gets_fresh_connections(serve, monkeypatch, delay):
+    """llama.cpp's server closes each connection right after its answer although it says Keep-Alive. A
+    request sent before that close arrives could not be resent: the first reuse waits (before t_send)
+    for such a close, and once one is seen, connections to that server are not kept."""
     monkeypatch.setattr(client_module, "_closes_connections", set())
+    monkeypatch.setattr(client_module, "_keeps_connections", set())
 
     def answer_and_close(w, req):
         good(w, req)
+        w.sleep(delay)
         return False
     srv = serve(answer_and_close)
     c = ChatClient(srv.url)
-    for _ in range(4):
+    for _ in range(4):  # back to back: the next request goes out as soon as the answer is in
         out = c.send(BODY)
         check_good(out)
         assert out["attempts"] == 1
-        gevent.sleep(0.05)
-    assert client_module._closes_connections == {c._server}
+    assert client_module._closes_connections == {c._server} and not client_module._keeps_connections
     assert len(set(r.conn for r in srv.requests)) == 4
 
 
