@@ -29,6 +29,7 @@ from time import perf_counter
 from urllib.parse import urlsplit
 
 import gevent
+import gevent.select
 import orjson
 from gevent import monkey
 from geventhttpclient import HTTPClient
@@ -67,9 +68,21 @@ RETRYABLE = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedErro
 BACKOFF_S = 0.25  # first wait before retrying a connection error (doubles per attempt, capped)
 RESEND = -1.0  # _attempt's "send it again now, on a fresh connection: it never left" (not a retry)
 # A server that closed a connection this soon after a response ended closes every one (llama.cpp's
-# does, despite its Keep-Alive header); an idle-timeout close comes seconds later (uvicorn 5 s).
+# does, despite its Keep-Alive header); an idle-timeout close comes seconds later (uvicorn 5 s). Its
+# close follows the end of the body at once, but a request sent in between could not be resent: so
+# before a connection to a server is first reused, the client waits up to FIRST_REUSE_WAIT_S (before
+# t_send) for such a close. Servers seen closing get a new connection per request; servers seen
+# answering on a reused connection are not waited for again. Both sets are shared by all users.
 CLOSE_AFTER_RESPONSE_S = 1.0
-_closes_connections: set[tuple] = set()  # (host, port) of servers seen doing so, shared by all users
+FIRST_REUSE_WAIT_S = 0.02
+# How long the user waits, before its next request's t_send, for the end of a body that went on after
+# the answer ended. uvicorn and aiohttp end it in a separate write once the handler returns: behind
+# 128 streams on one core the simulator took 1 ms (median), 25 ms (p90), 38 ms (p99, max 43). A
+# request on a new connection instead waited 65 ms (mean) between its send and the simulator's handler,
+# against 13 ms on a kept one (perf/client_capacity.py --users 128): a connection is worth a wait.
+BODY_END_WAIT_S = 0.05
+_closes_connections: set[tuple] = set()  # (host, port)
+_keeps_connections: set[tuple] = set()
 
 
 class _NotSent(Exception):
@@ -119,6 +132,7 @@ class ChatClient:
         self._idle = None  # the kept-alive socket, its last response read to the end
         self._t_idle = 0.0  # when it became idle
         self._parked = None  # a response whose answer ended before its body did (see _settle)
+        self._lingers = False  # its last such body outlasted BODY_END_WAIT_S
         self._out = None  # the current attempt's record fields (see cancelled)
         self.prefix = prefix
         self.path = prefix + ("/v1/chat/completions" if chat else "/v1/completions")
@@ -210,6 +224,8 @@ class ChatClient:
         `defer`, a stream's raw body comes back unparsed: pass the result to `complete()` later, when
         the event loop has time, so parsing never delays the timestamps of other streams."""
         self._settle()  # the previous answer's connection: reusable or closed, before this t_send
+        if self._idle is not None and self._server not in _keeps_connections:
+            gevent.select.select([self._idle], [], [], FIRST_REUSE_WAIT_S)  # a close on its way? (see above)
         self.attempts = self.resends = self.retries = 0
         self._t_first = None
         self._sent += 1
@@ -258,30 +274,36 @@ class ChatClient:
         return self.http._connection_pool._create_socket(), False
 
     def _settle(self) -> None:
-        """The connection of an answer that ended before its body (send() returned at `data: [DONE]`
-        without waiting for the server to end the body): read, without waiting, what has arrived
-        since. Read to the end of the body, it carries the next request; otherwise its state is
-        unknown and it is closed (RFC 9112 9.3)."""
+        """The connection of an answer that ended before its body (send() returned at `data: [DONE]`,
+        not waiting for the server to end the body): it carries the next request only once the body
+        has been read to its end (RFC 9112 9.3), else its state is unknown and it is closed.
+
+        Called before the next request's t_send, so waiting here measures nothing: up to
+        BODY_END_WAIT_S for the end of the body, then the connection is closed. A server whose body
+        outlasted that wait is not waited for again (only what has arrived is read) until one of its
+        bodies is found ended."""
         resp, self._parked = self._parked, None
         if resp is None:
             return
         sock = resp._sock
+        deadline = perf_counter() + (0.0 if self._lingers else BODY_END_WAIT_S)
         try:
-            while not resp.message_complete and not _idle_socket_alive(sock):
+            while not resp.message_complete:
+                left = deadline - perf_counter()
+                if left <= 0 and _idle_socket_alive(sock):
+                    break  # nothing more has arrived
+                sock.settimeout(max(left, 0.0))
                 resp.feed(sock.recv(65536))  # b"": EOF ends a close-delimited body, else raises
         except (OSError, HTTPParseError):
             pass
+        except BaseException:
+            _discard(resp)
+            raise
+        self._lingers = not resp.message_complete
         if resp.message_complete:
             resp.release()
-            return
-        _discard(resp)
-        # A server that ends its body a moment after [DONE] (a separate write, as uvicorn's and
-        # aiohttp's do) often has not yet: the replacement is connected now, before the next t_send,
-        # so that dropping it costs the next request no more than a kept-alive connection would.
-        try:
-            self._idle, self._t_idle = self.http._connection_pool._create_socket(), -math.inf
-        except Exception:  # noqa: BLE001 - the attempt connects again and says why it can't
-            pass
+        else:
+            _discard(resp)
 
     def _attempt(self, request: bytes, body: bytes, stream: bool) -> tuple[dict, float | None]:
         """One try -> (record fields, seconds to wait before retrying, RESEND, or None when it must not be)."""
@@ -330,6 +352,8 @@ class ChatClient:
         finally:
             timer.close()
         status = out["http_status"] = resp.status_code
+        if reused:
+            _keeps_connections.add(self._server)
         coding = _content_coding(resp)
         if status != 200:
             try:

@@ -10,7 +10,7 @@ import numpy as np
 from benchmark import metrics, tables
 from benchmark.arrivals import Arrivals
 from benchmark.records import read_records
-from conftest import perf_csv, run_dirs, run_locust
+from conftest import free_port, perf_csv, run_dirs, run_locust
 
 
 def test_gamma_arrivals_have_the_asked_rate_and_burstiness():
@@ -62,7 +62,9 @@ def test_open_loop_rate_keeps_scheduled_times(tmp_path, start_sim):
 
 def test_processes_ship_every_record_to_the_master(tmp_path, start_sim):
     sim = start_sim("--ttft-ms", "10", "--itl-ms", "2")
-    res = run_locust(tmp_path, "--host", sim.url, "--processes", "2", "-u", "4", "-r", "4", "-t", "4s",
+    port = str(free_port())  # its own master port: never another run's workers
+    res = run_locust(tmp_path, "--host", sim.url, "--processes", "2", "--master-bind-port", port, "--master-port", port,
+                     "-u", "4", "-r", "4", "-t", "4s",
                      "--max-out-len", "8", "--num-prompts", "5000", timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     (run,) = run_dirs(tmp_path)

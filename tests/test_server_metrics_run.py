@@ -90,7 +90,8 @@ def test_off_and_a_dead_metrics_url_never_disturb_the_run(tmp_path, start_sim):
 
 
 def test_several_processes_scrape_once(tmp_path, start_sim):
-    run, _ = one_run(tmp_path, start_sim(), "--processes", "2")
+    port = str(free_port())  # its own master port: never another run's workers
+    run, _ = one_run(tmp_path, start_sim(), "--processes", "2", "--master-bind-port", port, "--master-port", port)
     lines = read(os.path.join(run, FILE))
     assert sum(x["kind"] == "meta" for x in lines) == 1  # the master's scraper only, never one per worker
     assert result(run)["requests"]["server"]["finished"] == 12

@@ -355,6 +355,7 @@ def test_the_answer_ends_at_done_whatever_the_body_does(serve, dialect):
     check_good(c.send(BODY))
     assert srv.requests[1].conn != srv.requests[0].conn  # not read to its end: closed, not reused
     assert time.perf_counter() - t < linger
+    assert c._lingers  # waited BODY_END_WAIT_S for that body's end once: not again for this server
 
 
 def test_a_body_that_ends_soon_after_done_keeps_its_connection(serve):
@@ -366,9 +367,9 @@ def test_a_body_that_ends_soon_after_done_keeps_its_connection(serve):
     srv = serve(prompt)
     c = ChatClient(srv.url)
     for _ in range(3):
-        check_good(c.send(BODY))
-        gevent.sleep(0.2)  # the body's end has arrived by the next request
+        check_good(c.send(BODY))  # the next one waits (before its t_send) for the end of this body
     assert [r.conn for r in srv.requests] == [0, 0, 0]
+    assert not c._lingers
 
 
 def test_compressed_answers_fail_naming_content_encoding(serve):
@@ -461,22 +462,25 @@ def test_a_send_that_never_left_is_resent_at_once(serve, monkeypatch):
     assert len(srv.requests) == 2  # the server saw it once
 
 
-def test_a_server_that_closes_after_every_response_gets_fresh_connections(serve, monkeypatch):
-    """llama.cpp's server closes each connection right after its answer although it says Keep-Alive:
-    once seen, connections to it are not kept (a request sent as it closes could not be resent)."""
+@pytest.mark.parametrize("delay", [0.0, 0.005])
+def test_a_server_that_closes_after_every_response_gets_fresh_connections(serve, monkeypatch, delay):
+    """llama.cpp's server closes each connection right after its answer although it says Keep-Alive. A
+    request sent before that close arrives could not be resent: the first reuse waits (before t_send)
+    for such a close, and once one is seen, connections to that server are not kept."""
     monkeypatch.setattr(client_module, "_closes_connections", set())
+    monkeypatch.setattr(client_module, "_keeps_connections", set())
 
     def answer_and_close(w, req):
         good(w, req)
+        w.sleep(delay)
         return False
     srv = serve(answer_and_close)
     c = ChatClient(srv.url)
-    for _ in range(4):
+    for _ in range(4):  # back to back: the next request goes out as soon as the answer is in
         out = c.send(BODY)
         check_good(out)
         assert out["attempts"] == 1
-        gevent.sleep(0.05)
-    assert client_module._closes_connections == {c._server}
+    assert client_module._closes_connections == {c._server} and not client_module._keeps_connections
     assert len(set(r.conn for r in srv.requests)) == 4
 
 
