@@ -206,6 +206,9 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
         failures = failure_text(failed, n)
         if failures:
             print(failures)
+        empty = tables.empty_note(results)
+        if empty:
+            print(empty)
         if cancelled:
             print(f"Cancelled: {cancelled} request(s) in flight when the test stopped "
                   "(not counted as failures)")

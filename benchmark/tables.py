@@ -182,3 +182,21 @@ def write_curve(results: Results, perf_dir: str, dataset: str) -> str | None:
     path = os.path.join(perf_dir, f"{dataset}_curve.csv")
     table.to_csv(path, index=False, float_format="%.4f")
     return path
+
+
+EMPTY_WARN_SHARE = 0.2  # a fifth of the answers empty: say it loudly
+
+
+def empty_note(results: Results, stage: str = "total") -> str:
+    """How many successful answers were empty (0 output tokens: finish_reason stop, nothing said), with a
+    warning when a large share is; '' when none was. They stay successes: the server meant them."""
+    empty, ok = (results.empty or {}).get(stage, (0, 0))
+    if not empty:
+        return ""
+    line = (f"Empty answers: {empty} of {ok} successful request(s) ({100 * empty / ok:.0f} %) returned "
+            "0 output tokens (counted as successes)")
+    if empty >= EMPTY_WARN_SHARE * ok:
+        line += (". WARNING: a large share of empty answers: a broken chat template, a wrong stop "
+                 "sequence or a model that ends at once looks exactly like this; read a completion in "
+                 "records.jsonl")
+    return line

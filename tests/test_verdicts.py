@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 
-from benchmark import metrics, tables
+from conftest import run_dirs, run_locust
+
+from benchmark import metrics, run, tables
 from benchmark.records import new_record
 
 
@@ -70,3 +73,50 @@ def test_aisbench_rounded_figures_unchanged():
     assert tables._number(734.7, None) == "734.7"
     assert tables._number(43.555, None) == "43.555"
     assert tables._number(415.8000000000002, None) == "415.8"
+
+
+# ------------------------------------------------------------------------------------------------
+# empty answers
+
+def _answer(t, n_tokens):
+    events = [(0.01, "role", 0)] + [(0.02 + 0.01 * i, "content", 4) for i in range(n_tokens)]
+    return rec(t, events + [(0.03 + 0.01 * n_tokens, "usage", 0)], inp=10, out=n_tokens,
+               finish_reason="stop", completion="word " * n_tokens, token_source="usage")
+
+
+def test_empty_answers_counted_and_warned():
+    recs = [_answer(100 + i, 0 if i % 3 == 0 else 5) for i in range(9)]  # 3 of 9 empty
+    res = metrics.compute(recs)
+    assert res.empty["total"] == (3, 9)
+    note = tables.empty_note(res)
+    assert note.startswith("Empty answers: 3 of 9 successful") and "WARNING" in note and "chat template" in note
+    few = metrics.compute([_answer(100 + i, 0 if i == 0 else 5) for i in range(20)])  # 1 of 20: said, not warned
+    assert "1 of 20" in tables.empty_note(few) and "WARNING" not in tables.empty_note(few)
+    assert tables.empty_note(metrics.compute([_answer(100, 5)])) == ""
+
+
+def test_empty_answers_in_console_and_report(tmp_path, capsys):
+    d = tmp_path / "run"
+    d.mkdir()
+    recs = [_answer(100 + i, 0 if i % 2 else 5) | {"stage": "step1-2u" if i < 6 else "step2-4u"}
+            for i in range(10)]
+    with open(d / "records.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs)
+    run.report(str(d))
+    out = capsys.readouterr().out
+    assert "Empty answers: 5 of 10 successful request(s) (50 %)" in out and "WARNING" in out
+    html = (d / "report.html").read_text()
+    assert 'id="empty-answers"' in html and "5 of 10" in html
+    assert "Empty answers: 3 of 6" in html and "Empty answers: 2 of 4" in html  # per stage table notes
+
+
+def test_empty_answers_end_to_end(tmp_path, start_sim):
+    sim = start_sim("--ttft-ms", "5", "--itl-ms", "1", "--fault", "empty-completion", "--fault-every", "2")
+    p = run_locust(tmp_path, "--host", sim.url, "-u", "2", "-r", "2", "-t", "60s", "--num-requests", "10",
+                   "--max-out-len", "8")
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = re.search(r"Empty answers: (\d+) of (\d+)", p.stdout)
+    assert m and int(m.group(2)) == 10 and 4 <= int(m.group(1)) <= 6, p.stdout[-3000:]
+    assert "broken chat template" in p.stdout
+    html = open(os.path.join(run_dirs(tmp_path)[-1], "report.html")).read()
+    assert 'id="empty-answers"' in html
