@@ -120,3 +120,62 @@ def test_empty_answers_end_to_end(tmp_path, start_sim):
     assert "broken chat template" in p.stdout
     html = open(os.path.join(run_dirs(tmp_path)[-1], "report.html")).read()
     assert 'id="empty-answers"' in html
+
+
+# ------------------------------------------------------------------------------------------------
+# requests cut off by a load shape
+
+def test_cancel_reason_names_the_stage():
+    class Shape:  # a load shape as locustfile.py passes it (benchmark.load imports Locust)
+        ended = False
+    shape = Shape()
+    assert run.stop_reason(None, True, "total", "total") == "the test stopped"
+    assert run.stop_reason(shape, True, "step1-4u", "step2-1u") == \
+        "the load shape removed users going from stage step1-4u to step2-1u"
+    assert run.stop_reason(shape, False, "step2-1u", "step2-1u") == "the test stopped"
+    shape.ended = True
+    assert run.stop_reason(shape, False, "step2-1u", "step2-1u") == \
+        "the load shape ended after its last stage step2-1u"
+
+
+def test_cancelled_line_groups_reasons(tmp_path, capsys):
+    d = tmp_path / "run"
+    d.mkdir()
+    ok = [_answer(100 + i, 5) for i in range(3)]
+    cut = [rec(101 + i, [], success=False, error=f"cancelled: {why} while the request was in flight",
+               stage="step1-4u", t_sched=100.5 + i)
+           for i, why in enumerate(["the load shape removed users going from stage step1-4u to step2-1u"] * 2
+                                   + ["the test stopped"])]
+    with open(d / "records.jsonl", "w") as f:  # a distributed run keeps them with the others
+        f.writelines(json.dumps(r) + "\n" for r in ok + cut[:1])
+    with open(d / "cancelled.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in cut[1:])
+    run.report(str(d), html=False)
+    out = capsys.readouterr().out
+    assert ("Cancelled: 3 request(s) in flight, not counted as failures: 2 when the load shape removed users "
+            "going from stage step1-4u to step2-1u; 1 when the test stopped") in out, out
+    assert run.cancelled_line(2, {"the test stopped": 2}) == \
+        "Cancelled: 2 request(s) in flight when the test stopped (not counted as failures)"
+
+
+def _cancelled(out_dir):
+    with open(os.path.join(run_dirs(out_dir)[-1], "cancelled.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_steps_down_say_which_stage_removed_users(tmp_path, start_sim):
+    sim = start_sim("--ttft-ms", "1500", "--itl-ms", "10")
+    p = run_locust(tmp_path, "--host", sim.url, "--steps", "4,1", "--step-time", "2s")
+    assert p.returncode == 0, p.stderr[-2000:]
+    errors = [r["error"] for r in _cancelled(tmp_path)]
+    removed = [e for e in errors if "removed users going from stage step1-4u to step2-1u" in e]
+    assert removed, errors  # 4 users in flight at 2 s (each waits 1.5 s per answer), 3 of them removed
+    assert "when the load shape removed users going from stage step1-4u to step2-1u" in p.stdout
+
+
+def test_cancelled_open_loop_records_keep_t_sched(tmp_path, start_sim):
+    sim = start_sim("--ttft-ms", "3000", "--itl-ms", "10")
+    p = run_locust(tmp_path, "--host", sim.url, "-u", "2", "-r", "2", "--request-rate", "20", "-t", "2s")
+    assert p.returncode == 0, p.stderr[-2000:]
+    cut = _cancelled(tmp_path)
+    assert cut and all(isinstance(r["t_sched"], float) and r["t_sched"] <= r["t_send"] + 1e-3 for r in cut), cut
