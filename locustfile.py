@@ -422,6 +422,8 @@ class LLMUser(User):
         stage = WARMUP if n < State.warmup else State.stage
         t0 = perf_counter()
         prompt = State.prompts[i]
+        if State.health:
+            State.health.sent()  # the health verdict judges from the first send to the last end
         try:
             result = self.client.send(State.bodies[i], stream=State.cfg.stream, defer=True)
         except GreenletExit:  # the test stopped (Ctrl-C, SIGTERM, UI stop, -t), or a load shape removed
@@ -441,6 +443,8 @@ class LLMUser(User):
     def _record(self, run, result, prompt, stage, elapsed_ms):
         rec = run.record(self.client.complete(result), prompt, worker=State.worker_id, user=self.number,
                          stage=stage)
+        if State.health and rec["events"]:
+            State.health.ended(rec["t_send"] + rec["events"][-1][0])
         # Locust's own stats count the request (E2EL as its response time); our tables use records.
         e2el_ms = rec["events"][-1][0] * 1000 if rec["success"] else elapsed_ms
         self.environment.events.request.fire(

@@ -179,3 +179,128 @@ def test_cancelled_open_loop_records_keep_t_sched(tmp_path, start_sim):
     assert p.returncode == 0, p.stderr[-2000:]
     cut = _cancelled(tmp_path)
     assert cut and all(isinstance(r["t_sched"], float) and r["t_sched"] <= r["t_send"] + 1e-3 for r in cut), cut
+
+
+# ------------------------------------------------------------------------------------------------
+# client-health verdict
+
+from benchmark import health  # noqa: E402
+
+
+def _ticks(n, lag_s=0.0005, t0=1000.0, spikes=()):
+    """n ticks of the 50 ms timer from t0, each lag_s late; spikes: {index: lag_s}."""
+    ends, lags, t = [], [], t0
+    for i in range(n):
+        lag = dict(spikes).get(i, lag_s)
+        t += health.INTERVAL_S + lag
+        ends.append(t)
+        lags.append(lag)
+    return ends, lags
+
+
+def _samples(t0, t1, cpu=0.05, others=0.0, steal=0.0, wait=0.0, cpus=2, step=0.5):
+    """CPU samples every `step` s: this process uses `cpu` of a core, the others `others` cores."""
+    out, t, k = [], t0, 0
+    while t <= t1 + 1e-9:
+        dt = t - t0
+        out.append((t, cpu * dt, (cpu + others + steal) * dt, steal * dt, cpus * dt, wait * dt))
+        k += 1
+        t = t0 + k * step
+    return out
+
+
+def test_one_late_tick_at_startup_or_shutdown_is_not_client_bound():
+    # 5 s of ticks; a 60 ms stall at start-up (tick 0) and at shutdown (last tick), outside the window
+    ends, lags = _ticks(100, spikes={0: 0.060, 99: 0.080})
+    s = _samples(1000.0, ends[-1])
+    h = health.summarize(ends, lags, s, first=ends[1], last=ends[97], cpus=2)
+    assert h["loop_lag_p99_whole_run_ms"] > 50 and h["loop_lag_p99_ms"] < 1 and h["loop_lag_over_ticks"] == 0
+    assert {"loop_lag_p50_ms", "loop_lag_p99_ms", "cpu_percent"} <= set(h)  # what reconcile.py reads
+    bound, line = health.verdict({"local": h})
+    assert not bound and line.startswith("Client healthy"), line
+    # one stall inside the window (a stage change) is still not sustained
+    ends, lags = _ticks(100, spikes={50: 0.060})
+    h = health.summarize(ends, lags, s, first=ends[1], last=ends[97], cpus=2)
+    assert h["loop_lag_over_ticks"] == 1 and not health.verdict({"local": h})[0]
+
+
+def test_saturated_process_is_client_bound_with_processes_advice():
+    ends, lags = _ticks(100, lag_s=0.030)  # every tick 30 ms late
+    h = health.summarize(ends, lags, _samples(1000.0, ends[-1], cpu=0.97), first=ends[2], last=ends[95], cpus=2)
+    assert h["cpu_percent"] > 90 and h["loop_lag_over_share"] == 1.0
+    bound, line = health.verdict({"local": h})
+    assert bound and line.startswith("CLIENT-BOUND") and "is saturated" in line and "--processes N" in line
+
+
+def test_busy_machine_is_told_apart_from_a_saturated_client():
+    ends, lags = _ticks(100, spikes={i: 0.015 for i in range(0, 100, 3)})  # a third of the ticks late
+    s = _samples(1000.0, ends[-1], cpu=0.10, others=1.8, wait=0.02)
+    h = health.summarize(ends, lags, s, first=ends[1], last=ends[98], cpus=2)
+    assert h["others_cpu_percent"] == 90.0 and h["runqueue_wait_ms_per_s"] == 20.0
+    bound, line = health.verdict({"local": h})
+    assert bound and line.startswith("CLIENT-DELAYED") and "the machine is busy" in line
+    assert "other processes took 90 % of its 2 CPU(s)" in line and "won't help" in line and "CLIENT-BOUND" not in line
+    stolen = health.summarize(ends, lags, _samples(1000.0, ends[-1], cpu=0.1, steal=0.3), ends[1], ends[98], 2)
+    assert "stole 15 %" in health.verdict({"local": stolen})[1]
+
+
+def test_old_run_folders_keep_a_cpu_only_verdict():
+    old = {"cpu_percent": 6.0, "loop_lag_p50_ms": 0.4, "loop_lag_p99_ms": 38.0, "loop_lag_max_ms": 60.0}
+    assert not health.verdict({"local": old})[0]
+    assert health.verdict({"local": {**old, "cpu_percent": 97.0}})[0]
+
+
+def _health_line(stdout):
+    return next((line for line in stdout.splitlines() if "Client healthy" in line or "CLIENT-" in line), "")
+
+
+def test_short_runs_on_the_simulator_are_not_client_bound(tmp_path):
+    for i in range(3):
+        p = run_locust(tmp_path / str(i), "-u", "4", "-r", "4", "-t", "5s")
+        assert p.returncode == 0, p.stderr[-2000:]
+        line = _health_line(p.stdout)
+        assert line, p.stdout[-2000:]
+        # a machine busy with other tests may delay the client; it must never be blamed on the client
+        assert "CLIENT-BOUND" not in line and ("Client healthy" in line or "the machine is busy" in line), line
+        with open(os.path.join(run_dirs(tmp_path / str(i))[-1], "config.json")) as f:
+            h = json.load(f)["client_health"]["local"]
+        assert h["window"] == "first send to last end" and h["ticks"] > 0
+
+
+HOG = '''"""The project's locustfile plus a greenlet that holds the event loop 37 ms out of every 40 ms."""
+import time
+
+import gevent
+from locust import events
+
+from locustfile import *  # noqa: F401,F403
+
+
+def _hog():
+    while True:
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.037:
+            pass
+        gevent.sleep(0.003)
+
+
+@events.test_start.add_listener
+def _start_hog(**_):
+    gevent.spawn(_hog)
+'''
+
+
+def test_a_client_hogging_its_loop_is_client_bound(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    hog = tmp_path / "hog.py"
+    hog.write_text(HOG)
+    cmd = [sys.executable, "-m", "locust", "-f", str(hog), "--headless", "--output-dir", str(tmp_path / "out"),
+           "--only-summary", "-u", "4", "-r", "4", "-t", "5s"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert p.returncode == 0, p.stderr[-2000:]
+    line = _health_line(p.stdout)
+    assert line.startswith("CLIENT-BOUND") and "is saturated" in line and "--processes N" in line, line
