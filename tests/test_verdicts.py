@@ -304,3 +304,100 @@ def test_a_client_hogging_its_loop_is_client_bound(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     line = _health_line(p.stdout)
     assert line.startswith("CLIENT-BOUND") and "is saturated" in line and "--processes N" in line, line
+
+
+# ------------------------------------------------------------------------------------------------
+# charts: ticks and labels
+
+from benchmark.report import svg  # noqa: E402
+
+SVG_RE = re.compile(r'<svg class="chart[^"]*" data-chart="([^"]+)" viewBox="0 0 (\d+) (\d+)".*?</svg>', re.S)
+TEXT_RE = re.compile(r'<text class="(mk|pl)" x="([-\d.]+)" y="([-\d.]+)"[^>]*>([^<]*)</text>')
+XTICK_RE = re.compile(r'<text class="tk" x="([-\d.]+)" y="([-\d.]+)" text-anchor="middle">([^<]*)</text>')
+
+
+def _charts(html: str) -> dict:
+    return {m.group(1): (m.group(0), int(m.group(2)), int(m.group(3))) for m in SVG_RE.finditer(html)}
+
+
+def _label_boxes(chart: str) -> list[tuple]:
+    import html as h
+    return [(float(x), float(y) - 9, float(x) + svg.text_width(h.unescape(t), cls), float(y) + 2, t)
+            for cls, x, y, t in TEXT_RE.findall(chart)]
+
+
+def _check_chart(key, chart, width, height):
+    boxes = _label_boxes(chart)
+    for i, a in enumerate(boxes):
+        assert 0 <= a[0] and a[2] <= width and 0 <= a[1] and a[3] <= height, (key, a, width)
+        for b in boxes[i + 1:]:
+            assert not svg._overlap(a[:4], b[:4], pad=0), (key, a, b)
+    ticks = [t for _, _, t in XTICK_RE.findall(chart)]
+    assert len(ticks) == len(set(ticks)), (key, ticks)
+    return boxes, ticks
+
+
+def _stage_run(d, stages, itl=0.020, jitter=1e-5, same_throughput=False, n_per=30, seed=3):
+    import random
+    rnd = random.Random(seed)
+    d.mkdir()
+    recs, t = [], 1000.0
+    for si, st in enumerate(stages):
+        for _ in range(n_per):
+            gap = itl + rnd.uniform(-jitter, jitter)
+            n = 64 if same_throughput else 16 + 8 * si
+            ttft = 0.1 + 0.001 * si
+            ev = ([(0.01, "role", 0)] + [(ttft + gap * i, "content", 4) for i in range(n)]
+                  + [(ttft + gap * n, "usage", 0)])
+            recs.append(rec(t, ev, inp=100, out=n, stage=st, finish_reason="stop", completion="x",
+                            token_source="usage"))
+            t += 0.05
+    with open(d / "records.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs)
+    run.report(str(d), echo=False)
+    return _charts((d / "report.html").read_text())
+
+
+def test_tick_labels_tell_ticks_apart():
+    for lo, hi in ((19.99, 20.01), (20.305, 20.33), (415.2, 415.9), (0, 1e6), (0, 2.5e4), (1e-4, 3e-4),
+                   (5.0, 5.0), (0, 12.5)):
+        ticks = svg.nice_ticks(lo, hi)
+        labels = svg.tick_labels(ticks)
+        assert len(set(labels)) == len(labels), (lo, hi, labels)
+        assert 3 <= len(ticks) <= 12, (lo, hi, ticks)
+    assert svg.tick_labels([0, 2.5, 5, 7.5, 10]) == ["0", "2.5", "5.0", "7.5", "10.0"]
+    assert svg.tick_labels([0, 10000, 20000]) == ["0", "10k", "20k"]
+
+
+def test_narrow_tpot_histogram_and_markers(tmp_path):
+    charts = _stage_run(tmp_path / "narrow", ["total"], jitter=1e-5)
+    for key in ("dist-tpot", "dist-itl", "dist-ttft", "dist-e2el"):
+        chart, w, h = charts[key]
+        boxes, ticks = _check_chart(key, chart, w, h)
+        assert len(ticks) >= 3 and {b[4].split()[0] for b in boxes} == {"P50", "P90", "P99"}, (key, ticks, boxes)
+
+
+def test_single_value_distribution(tmp_path):
+    charts = _stage_run(tmp_path / "one", ["total"], jitter=0, n_per=5)
+    for key in ("dist-tpot", "dist-itl"):
+        chart, w, h = charts[key]
+        boxes, ticks = _check_chart(key, chart, w, h)
+        assert len(boxes) == 3 and len(ticks) >= 2, (key, boxes, ticks)
+
+
+def test_wide_distribution(tmp_path):
+    charts = _stage_run(tmp_path / "wide", ["total"], itl=0.5, jitter=0.49, n_per=40)
+    for key in ("dist-tpot", "dist-itl", "dist-e2el"):
+        _check_chart(key, *charts[key])
+
+
+def test_many_stages_keep_labels_apart_and_inside(tmp_path):
+    stages = [f"step{i + 1}-{2 ** i}u" for i in range(12)]
+    for name, same in (("spread", False), ("piled", True)):
+        charts = _stage_run(tmp_path / name, stages, same_throughput=same, n_per=12)
+        for key in ("lvt-ttft", "lvt-tpot", "lvt-e2el", "time-tokens", "time-requests", "time-inflight"):
+            chart, w, h = charts[key]
+            boxes, _ = _check_chart(key, chart, w, h)
+            assert {b[4] for b in boxes} >= set(stages) if key.startswith("lvt") else len(boxes) == 12, (key, boxes)
+        chart, w, h = charts["scatter-ttft"]  # the legend stays right of the title
+        assert "more</text>" in chart
