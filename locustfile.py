@@ -17,13 +17,13 @@ import gevent
 from gevent import GreenletExit
 from locust import User, constant, events, task
 from locust.exception import StopUser
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
 
 from benchmark import arrivals, datasets, distributed, health, idle, load, simulator
 from benchmark.server_metrics import scrape
 from benchmark.client import ChatClient, ClientError
 from benchmark.options import ConfigError, RunConfig, add_arguments, check_output_dir
-from benchmark.run import WARMUP, ReportError, Run, build_body
+from benchmark.run import WARMUP, ReportError, Run, build_body, stop_reason
 from benchmark import webui
 
 log = logging.getLogger("llm-testing")
@@ -422,10 +422,18 @@ class LLMUser(User):
         stage = WARMUP if n < State.warmup else State.stage
         t0 = perf_counter()
         prompt = State.prompts[i]
+        if State.health:
+            State.health.sent()  # the health verdict judges from the first send to the last end
         try:
             result = self.client.send(State.bodies[i], stream=State.cfg.stream, defer=True)
-        except GreenletExit:  # the test stopped (Ctrl-C, SIGTERM, UI stop, -t): not a server failure
-            run.cancelled(self.client.cancelled(), prompt, worker=State.worker_id, user=self.number, stage=stage)
+        except GreenletExit:  # the test stopped (Ctrl-C, SIGTERM, UI stop, -t), or a load shape removed
+            # this user at a stage change: not a server failure
+            runner = self.environment.runner
+            why = stop_reason(self.environment.shape_class if (State.cfg.steps or State.cfg.search) else None,
+                                     runner.state in (STATE_RUNNING, STATE_SPAWNING), stage, State.stage)
+            result = self.client.cancelled(why)
+            result["t_sched"] = t_sched  # open loop: when it was due, as for a finished request
+            run.cancelled(result, prompt, worker=State.worker_id, user=self.number, stage=stage)
             raise
         elapsed_ms = (perf_counter() - t0) * 1000
         result["t_sched"] = t_sched
@@ -435,6 +443,8 @@ class LLMUser(User):
     def _record(self, run, result, prompt, stage, elapsed_ms):
         rec = run.record(self.client.complete(result), prompt, worker=State.worker_id, user=self.number,
                          stage=stage)
+        if State.health and rec["events"]:
+            State.health.ended(rec["t_send"] + rec["events"][-1][0])
         # Locust's own stats count the request (E2EL as its response time); our tables use records.
         e2el_ms = rec["events"][-1][0] * 1000 if rec["success"] else elapsed_ms
         self.environment.events.request.fire(

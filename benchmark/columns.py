@@ -53,6 +53,7 @@ class Columns:
     text_sample: list = field(default_factory=list)  # (generated text, usage output tokens), sampled
     sources: Counter = field(default_factory=Counter)  # token_source of the successful requests
     cancelled: int = 0         # left out: cut short by the test stopping
+    cancel_reasons: Counter = field(default_factory=Counter)  # why they were cut short -> how many
     excluded: int = 0          # left out: in an excluded stage (warm-up)
     skipped: int = 0           # unreadable lines or records
     resent: int = 0            # requests sent again at once: the first send never left (record `resends`)
@@ -88,6 +89,7 @@ class ColumnBuilder:
         self.sources: Counter = Counter()
         self.cancelled = self.excluded = self.skipped = 0
         self.resent = self.resends = self.retried = self.retries = self.retried_failed = 0
+        self.cancel_reasons: Counter = Counter()
         self._usage_seen = 0
         self._kinds_seen: dict[str, bytes] = {}
         self._rng = random.Random(seed)
@@ -99,6 +101,7 @@ class ColumnBuilder:
         error = rec.get("error") or ""
         if self.drop_cancelled and isinstance(error, str) and error.startswith(CANCELLED):
             self.cancelled += 1
+            self.cancel_reasons[cancel_reason(error)] += 1
             return
         stage = rec.get("stage") or TOTAL
         if not isinstance(stage, str):
@@ -211,7 +214,8 @@ class ColumnBuilder:
         """Everything but the buffers and the stage codes: what `_merge_small` joins."""
         return {"stage_names": list(self.stage_codes), "any_sched": self.any_sched, "failed": self.failed,
                 "examples": self.examples, "text_sample": self.text_sample, "usage_seen": self._usage_seen,
-                "sources": dict(self.sources), "cancelled": self.cancelled, "excluded": self.excluded,
+                "sources": dict(self.sources), "cancelled": self.cancelled,
+                "cancel_reasons": dict(self.cancel_reasons), "excluded": self.excluded,
                 "skipped": self.skipped, **{k: getattr(self, k) for k in _ATTEMPTS}}
 
     def _merge_small(self, meta: dict, part_stage: array) -> None:
@@ -222,6 +226,7 @@ class ColumnBuilder:
         self.examples += meta["examples"][:EXAMPLES - len(self.examples)]
         self.sources.update(meta["sources"])
         self.cancelled += meta["cancelled"]
+        self.cancel_reasons.update(meta.get("cancel_reasons") or {})
         self.excluded += meta["excluded"]
         self.skipped += meta["skipped"]
         for k in _ATTEMPTS:
@@ -245,11 +250,17 @@ class ColumnBuilder:
             output_tokens=_np(self.output_tokens, np.float64), stage=_np(self.stage, np.int32), stage_names=names,
             counts=_np(self.counts, np.int64), offsets=_np(self.offsets, np.float64), kinds=_np(self.kinds, np.uint8),
             failed=self.failed, examples=self.examples, text_sample=self.text_sample, sources=self.sources,
-            cancelled=self.cancelled, excluded=self.excluded, skipped=self.skipped,
-            **{k: getattr(self, k) for k in _ATTEMPTS})
+            cancelled=self.cancelled, cancel_reasons=self.cancel_reasons, excluded=self.excluded,
+            skipped=self.skipped, **{k: getattr(self, k) for k in _ATTEMPTS})
 
 
 _ATTEMPTS = ("resent", "resends", "retried", "retries", "retried_failed")  # counters of ColumnBuilder
+
+
+def cancel_reason(error: str) -> str:
+    """'cancelled: the test stopped while the request was in flight' -> 'the test stopped'."""
+    why = error[len(CANCELLED):].lstrip(": ")
+    return why.removesuffix(" while the request was in flight") or "the test stopped"
 
 
 def token_mask(kinds: np.ndarray) -> np.ndarray:

@@ -226,9 +226,9 @@ def check_comparable(base: list[tuple[str, dict]], new: list[tuple[str, dict]], 
         profile = cfg.get("metric_profile", "default")
         if profile not in metrics.PROFILES:
             raise CompareError(f"{path}: unknown metric profile {profile!r}")
-    # Saturation: CPU only. health.verdict() would also flag an event-loop lag p99 over its limit, and
-    # that test cries wolf on short runs (one lag tick during shutdown is a p99 of a few dozen ticks),
-    # so loop lag is only a note.
+    # Saturation: CPU only. health.verdict() also flags sustained event-loop lag in the measured window,
+    # but run folders made before it kept only a whole-run p99 (one shutdown tick of a few dozen), so
+    # loop lag is only a note here.
     lags, lagged = [], 0
     for path, cfg in runs:
         processes = cfg.get("client_health") or {}

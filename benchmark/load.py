@@ -42,10 +42,16 @@ class StepShape(LoadTestShape):
     def __init__(self, steps: list[int], step_time: float, on_stage):
         super().__init__()
         self.steps, self.step_time, self.on_stage = steps, step_time, on_stage
+        self.ended = False  # the last step is over: the users still running are stopped with the test
+
+    def reset_time(self):
+        super().reset_time()
+        self.ended = False
 
     def tick(self):
         i = int(self.get_run_time() // self.step_time)
         if i >= len(self.steps):
+            self.ended = True
             return None
         users = self.steps[i]
         self.on_stage(stage_name(i, users))
@@ -69,6 +75,7 @@ class CapacitySearch(LoadTestShape):
 
     def reset(self) -> None:
         self.users, self.good, self.bad, self.steps, self.result = 1, 0, None, [], None
+        self.ended = False
 
     def reset_time(self):
         super().reset_time()
@@ -79,10 +86,12 @@ class CapacitySearch(LoadTestShape):
 
     def tick(self):
         if self.result is not None:
+            self.ended = True
             return None
         if self.get_run_time() >= (len(self.steps) + 1) * self.step_time:
             self._next()
             if self.result is not None:
+                self.ended = True
                 return None
         self.on_stage(self.stage())
         return self.users, self.users

@@ -15,7 +15,7 @@ Two profiles:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -72,6 +72,9 @@ class Results:
     common: pd.DataFrame   # COMMON_COLUMNS; Value float (NaN where not measurable)
     stream: bool = True
     intervals: pd.DataFrame | None = None  # stats.CI_COLUMNS: a confidence interval per statistic
+    # stage -> (empty answers, successful requests): a success with 0 output tokens (finish_reason stop
+    # and nothing said) counts as a success, as the server meant it; tables.empty_note says how many
+    empty: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,6 +445,9 @@ def compute(records: list[dict] | Columns, profile: str = "default", max_concurr
 
     stages = [(TOTAL, None)] + [(name, code) for code, name in enumerate(cols.stage_names) if name != TOTAL]
     ok_stage = cols.stage[cols.success]
+    blank = cols.output_tokens[cols.success] == 0
+    empty = {name: (int(blank.sum()), int(blank.size)) if code is None else
+             (int(blank[ok_stage == code].sum()), int((ok_stage == code).sum())) for name, code in stages}
     gap_stage = np.repeat(ok_stage, smp.itl_per_request) if len(stages) > 1 else None
     perf, common, intervals = [], [], []
     # total last: its ITL statistics may reorder the pooled gaps that the stages select from
@@ -456,7 +462,7 @@ def compute(records: list[dict] | Columns, profile: str = "default", max_concurr
         common += _common_rows(name, cols, end, sel, smp, ok_sel, profile, stream, stage_max, slo)
     order = [name for name, _ in stages]
     return Results(profile, _order(perf, PERF_COLUMNS, order), _order(common, COMMON_COLUMNS, order), stream,
-                   _order(intervals, stats.CI_COLUMNS, order))
+                   _order(intervals, stats.CI_COLUMNS, order), empty)
 
 
 @dataclass

@@ -10,11 +10,12 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 
 from . import __version__, health, metrics, stats, tables, tokens
 from .datasets import Prompt
 from .options import RunConfig
-from .columns import CANCELLED, WARMUP, read_columns
+from .columns import CANCELLED, WARMUP, cancel_reason, read_columns
 from .records import RecordSink, new_record, read_records
 
 
@@ -157,6 +158,28 @@ class Run:
         return results
 
 
+def stop_reason(shape, running: bool, stage: str, now_stage: str) -> str:
+    """Why a user was stopped mid-request: `shape` (or None) removed it at a stage change while the run
+    goes on (`running`), the shape's last stage ended, or the test stopped (Ctrl-C, -t, the UI's stop).
+    The words complete "cancelled: ... while the request was in flight"."""
+    if shape is not None and running and now_stage != stage:
+        return f"the load shape removed users going from stage {stage} to {now_stage}"
+    if shape is not None and running:
+        return f"the load shape removed users in stage {stage}"
+    if shape is not None and getattr(shape, "ended", False):
+        return f"the load shape ended after its last stage {stage}"
+    return "the test stopped"
+
+
+def cancelled_line(cancelled: int, reasons: Counter) -> str:
+    """'Cancelled: N request(s) in flight when ...': what cut them short (the test stopping, or a load
+    shape removing users at a stage change), most frequent first."""
+    if set(reasons) <= {"the test stopped"}:
+        return f"Cancelled: {cancelled} request(s) in flight when the test stopped (not counted as failures)"
+    why = "; ".join(f"{n} when {reason}" for reason, n in reasons.most_common())
+    return f"Cancelled: {cancelled} request(s) in flight, not counted as failures: {why}"
+
+
 def health_line(config: dict, results: metrics.Results) -> str:
     """Whether the client itself was the bottleneck (CPU, event-loop lag, open-loop send lag)."""
     processes = config.get("client_health") or {}
@@ -189,10 +212,12 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
     if not cols.n and cols.skipped and not (cols.cancelled or cols.excluded):
         raise ReportError(f"{records_path}: none of its {cols.skipped} line(s) is a readable record "
                           "(not this tool's records.jsonl, or damaged)")
-    cancelled = cols.cancelled
+    cancelled, reasons = cols.cancelled, Counter(cols.cancel_reasons)
     cancelled_path = os.path.join(run_dir, CANCELLED_FILE)
     if os.path.isfile(cancelled_path):
-        cancelled += len(read_records(cancelled_path)[0])
+        kept = read_records(cancelled_path)[0]
+        cancelled += len(kept)
+        reasons.update(cancel_reason(str(r.get("error") or "")) for r in kept)
     profile = profile or config.get("metric_profile", "default")
     n, failed, skipped = cols.n, cols.failed, cols.skipped
     results = metrics.compute(cols, profile=profile, max_concurrency=config.get("max_users"),
@@ -209,9 +234,11 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
         note = metrics.attempts_note(cols)  # resends and retries
         if note:
             print(note)
+        empty = tables.empty_note(results)
+        if empty:
+            print(empty)
         if cancelled:
-            print(f"Cancelled: {cancelled} request(s) in flight when the test stopped "
-                  "(not counted as failures)")
+            print(cancelled_line(cancelled, reasons))
         verdict = outcome_line(failed, n, cancelled)
         if verdict:
             print(verdict)

@@ -23,9 +23,18 @@ MISSING = "-"
 COMMON_HEADERS = ("Common Metric", "Stage", "Value")
 
 
+SHOW_DECIMALS = 4  # AISBench rounds every figure to 4 decimals (ms after the seconds are rounded)
+
+
 def _number(value: float, decimals: int | None) -> str:
-    """str() of the float as AISBench prints it, or fixed decimals."""
-    return str(float(value)) if decimals is None else f"{value:.{decimals}f}"
+    """str() of the float as AISBench prints it (rounded to 4 decimals first: a figure AISBench itself
+    rounded is unchanged, one it does not compute, such as Goodput, and a percentile of token counts
+    lose their float noise: 415.8000000000002 -> 415.8), or fixed decimals."""
+    return _short(value) if decimals is None else f"{value:.{decimals}f}"
+
+
+def _short(value: float) -> str:
+    return str(round(float(value), SHOW_DECIMALS))
 
 
 def perf_value(metric: str, value: float, profile: str) -> str:
@@ -47,7 +56,7 @@ def common_value(metric: str, value: float, unit: str, profile: str):
     if metric in COUNT_METRICS:
         return int(round(value))
     if profile == "aisbench":
-        text = str(float(value))
+        text = _short(value)
     elif unit == "ms":
         text = f"{value:.3f}"
     elif unit:
@@ -173,3 +182,21 @@ def write_curve(results: Results, perf_dir: str, dataset: str) -> str | None:
     path = os.path.join(perf_dir, f"{dataset}_curve.csv")
     table.to_csv(path, index=False, float_format="%.4f")
     return path
+
+
+EMPTY_WARN_SHARE = 0.2  # a fifth of the answers empty: say it loudly
+
+
+def empty_note(results: Results, stage: str = "total") -> str:
+    """How many successful answers were empty (0 output tokens: finish_reason stop, nothing said), with a
+    warning when a large share is; '' when none was. They stay successes: the server meant them."""
+    empty, ok = (results.empty or {}).get(stage, (0, 0))
+    if not empty:
+        return ""
+    line = (f"Empty answers: {empty} of {ok} successful request(s) ({100 * empty / ok:.0f} %) returned "
+            "0 output tokens (counted as successes)")
+    if empty >= EMPTY_WARN_SHARE * ok:
+        line += (". WARNING: a large share of empty answers: a broken chat template, a wrong stop "
+                 "sequence or a model that ends at once looks exactly like this; read a completion in "
+                 "records.jsonl")
+    return line

@@ -117,8 +117,12 @@ def test_client_health_verdict():
     from benchmark.health import verdict
     bound, line = verdict({"local": {"cpu_percent": 97.0, "loop_lag_p99_ms": 1.0}})
     assert bound and "CPU 97 %" in line and "--processes" in line
-    bound, line = verdict({"worker 0": {"cpu_percent": 40.0, "loop_lag_p99_ms": 12.0}})
-    assert bound and "loop lag p99 12.0 ms" in line
+    # a whole-run p99 alone (a run folder from before the measured window) is one late tick, not a verdict
+    assert not verdict({"worker 0": {"cpu_percent": 40.0, "loop_lag_p99_ms": 12.0}})[0]
+    sustained = {"cpu_percent": 40.0, "loop_lag_p99_ms": 12.0, "ticks": 100, "loop_lag_over_ticks": 30,
+                 "loop_lag_over_share": 0.3, "others_cpu_percent": 80.0, "cpus": 2}
+    bound, line = verdict({"worker 0": sustained})
+    assert bound and "p99 12.0 ms" in line and "the machine is busy" in line
     bound, line = verdict({"local": {"cpu_percent": 30.0, "loop_lag_p99_ms": 0.8}})
     assert not bound and line.startswith("Client healthy")
 
@@ -131,7 +135,7 @@ def test_run_reports_health_and_goodput(tmp_path, start_sim):
     (run,) = run_dirs(tmp_path)
     health = json.load(open(os.path.join(run, "config.json")))["client_health"]["local"]
     assert 0 < health["cpu_percent"] < 200 and health["loop_lag_p99_ms"] >= 0
-    assert "Client healthy" in res.stdout or "CLIENT-BOUND" in res.stdout
+    assert "Client healthy" in res.stdout or "CLIENT-" in res.stdout
     common = json.load(open(perf_csv(run)[:-4] + ".json"))
     assert common["SLO Attainment"]["total"] == "100.0000 %"
 

@@ -233,6 +233,7 @@ def table_sets(results: metrics.Results, stages: list[str]) -> list[dict]:
             "common": [(m, tables._display(v[s])) for m, v in common.items() if s in v],
             "ci": ci,
             "thin": tables.thin_notes(results, s),
+            "empty": tables.empty_note(results, s),
         })
     return out
 

@@ -75,8 +75,8 @@ def _body(x: np.ndarray, unit: str) -> tuple[float, float, str]:
     pad = 0.01 * abs(p50) or 1e-3
     lo = max(mn, p1 - 2 * max(p50 - p1, pad))
     hi = min(mx, p99 + 2 * max(p99 - p50, pad))
-    if hi <= lo:
-        lo, hi = lo - pad, hi + pad
+    if hi - lo <= 1e-6 * max(abs(p50), 1e-9):  # one value (up to float noise): a band around it
+        lo, hi = float(p50) - pad, float(p50) + pad
     notes = []
     below, above = int((x < lo).sum()), int((x > hi).sum())
     if below:
