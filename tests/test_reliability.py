@@ -412,7 +412,9 @@ def test_retry_recovers_connection_resets_and_shows_attempts(jobs):
     assert set(attempts) == {1, 2} and attempts.count(2) >= 2, attempts
     assert all(r["retries"] == r["attempts"] - 1 and r["resends"] == 0 for r in res.records)
     retried = sum(a == 2 for a in attempts)
-    assert f"{retried} request(s) retried under --retry ({retried} retries): {retried} then succeeded" in res.out
+    said = f"{retried} request(s) retried under --retry ({retried} retries): {retried} then succeeded"
+    assert said in res.out
+    assert said in open(os.path.join(res.run_dir, "report.html")).read()  # the report counts them too
     check_normal([r for r in res.records if r["attempts"] == 1])
 
 

@@ -97,6 +97,7 @@ def context(run_dir: str, cols: Columns, plot_sample: Columns, results: metrics.
         "timeline": plots.timeline(data),
         "lvt": plots.latency_vs_throughput(perf, common, stages),
         "failures": failures(cols.failed),
+        "attempts": metrics.attempts_note(cols),  # resends and retries, as the console says them
         "health": client_health(run_dir, config, results),
         "server": server_section(run_dir, config, server),
         "samples": samples(cols.examples),
