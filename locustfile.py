@@ -127,6 +127,9 @@ def _load_prompts(cfg: RunConfig) -> list:
             cfg.dataset, cfg.dataset_path, cfg.num_prompts, seed=cfg.seed,
             max_out_len=cfg.max_out_len if cfg.max_out_len_given else None,
             tokenizer=cfg.tokenizer, **cfg.dataset_options)}
+        # now, not at the first answer without usage: loading it holds the loop ~1.5 s, which would
+        # timestamp every token in flight late (the synthetic loader has loaded it already)
+        datasets.tokenizer_for(cfg.tokenizer)
     return State.loaded[key]
 
 

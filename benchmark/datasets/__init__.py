@@ -136,7 +136,7 @@ def load(name: str, path: str | None = None, num_prompts: int = 0, input_len="fi
         from .custom import load as load_custom
         prompts = load_custom(path, n)
         return Prompts(prompts, source=f"custom, {path}" + (" (--num-prompts: its first ones)" if n else ""))
-    tok = _tokenizer(tokenizer)
+    tok = tokenizer_for(tokenizer)
     if name == "sharegpt":
         from .sharegpt import load as load_sharegpt
         return load_sharegpt(path, n, seed=seed, tokenizer=tok, max_out_len=max_out_len)
@@ -156,7 +156,8 @@ def _lines(path: str) -> int:
         return sum(1 for line in f if line.strip())
 
 
-def _tokenizer(tokenizer):
+def tokenizer_for(tokenizer):
+    """The tokenizer object (a path, None for the default, or one already loaded); DatasetError if it can't load."""
     if tokenizer is not None and not isinstance(tokenizer, str):
         return tokenizer
     from ..tokens import TokenizerError, load_tokenizer
