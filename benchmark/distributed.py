@@ -29,6 +29,7 @@ PASS_DONE = "llm_pass_done"  # worker -> master: this worker's share of a scored
 STAGE = "llm_stage"      # master -> workers: the step a --steps ramp is in
 PREPARE = "llm_prepare"  # master -> workers: build the prompts and bodies for this host and these options
 READY = "llm_ready"      # worker -> master: prepared (or why not)
+HELLO = "llm_hello"      # worker -> master: its handlers are installed (a PREPARE sent earlier was dropped)
 PREPARING = "preparing"  # a worker's state on the master until it is READY (Locust's ready is "ready")
 FORWARDED = ("run_time",)  # Locust options a worker needs too (a --ramp-up-strategy spans -t)
 
@@ -95,6 +96,9 @@ class MasterCollector:
         runner.register_message(DONE, self._on_done)
         runner.register_message(PASS_DONE, self._on_pass_done)
         runner.register_message(READY, self._on_ready)
+        # Locust drops a message whose type a worker has not registered yet: the PREPARE sent when a worker
+        # connects can arrive before its init listener installed the handler, so it says when it is listening
+        runner.register_message(HELLO, lambda environment, msg, **_: self._send_target(msg.node_id))
         runner.environment.events.worker_connect.add_listener(self._on_connect)
         runner.environment.events.heartbeat_sent.add_listener(self._hold)
         self._on_pass_done_cb = on_pass_done
@@ -217,7 +221,13 @@ def die_with_parent() -> None:
 def install_worker(runner, on_shard, on_stage, on_prepare) -> None:
     """on_prepare(host, options) builds this worker's prompts; returns a one-line summary or raises
     ValueError-like errors whose text goes back to the master."""
+    seen = set()  # serials prepared or being prepared: the master may send one twice (see HELLO)
+
     def prepare(environment, msg, **_):
+        if msg.data["serial"] in seen:
+            return
+        seen.add(msg.data["serial"])
+
         def work():
             data = msg.data
             try:
@@ -232,3 +242,4 @@ def install_worker(runner, on_shard, on_stage, on_prepare) -> None:
                                                                           msg.data["workers"]))
     runner.register_message(STAGE, lambda environment, msg, **_: on_stage(msg.data))
     runner.register_message(FLUSH, lambda environment, msg, **_: gevent.spawn(runner.stop))
+    runner.send_message(HELLO)
