@@ -78,10 +78,9 @@ def _plain(value):
     raise TypeError(f"a record field of type {type(value).__name__} cannot be written as JSON")
 
 
-def read_records(path: str) -> tuple[list[dict], int]:
-    """Every complete record in `path`, and the number of lines skipped as unreadable
-    (e.g. a line cut short by a crash). Missing fields are filled with their defaults."""
-    records, skipped = [], 0
+def jsonl_dicts(path: str):
+    """Each non-blank line of a JSONL file as a dict, or None where the line is unreadable (cut short by
+    a crash, broken UTF-8, not an object)."""
     with open(path, "rb") as f:  # bytes: a line of broken UTF-8 is skipped like any unreadable line
         for line in f:
             if not line.strip():
@@ -89,12 +88,19 @@ def read_records(path: str) -> tuple[list[dict], int]:
             try:
                 obj = json.loads(line)
             except (ValueError, RecursionError):
-                skipped += 1
-                continue
-            if not isinstance(obj, dict):
-                skipped += 1
-                continue
-            rec = new_record()
-            rec.update({k: v for k, v in obj.items() if k in rec})
-            records.append(rec)
+                obj = None
+            yield obj if isinstance(obj, dict) else None
+
+
+def read_records(path: str) -> tuple[list[dict], int]:
+    """Every complete record in `path`, and the number of lines skipped as unreadable
+    (e.g. a line cut short by a crash). Missing fields are filled with their defaults."""
+    records, skipped = [], 0
+    for obj in jsonl_dicts(path):
+        if obj is None:
+            skipped += 1
+            continue
+        rec = new_record()
+        rec.update({k: v for k, v in obj.items() if k in rec})
+        records.append(rec)
     return records, skipped

@@ -9,27 +9,14 @@ for the line kinds). `read` below is the tolerant reader everything else uses.
 """
 from __future__ import annotations
 
-import json
-
 FILE = "server_metrics.jsonl"  # the file name in the run folder
 
 
 def read(path: str) -> list[dict]:
     """Every complete line of a server_metrics.jsonl as a dict, in file order. A missing file is
     empty; a line cut short (the scraper killed mid-write) or otherwise unreadable is skipped."""
-    out = []
+    from ..records import jsonl_dicts
     try:
-        f = open(path, "rb")  # bytes: broken UTF-8 is skipped like any unreadable line
+        return [obj for obj in jsonl_dicts(path) if obj is not None and "kind" in obj]
     except FileNotFoundError:
-        return out
-    with f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except (ValueError, RecursionError):
-                continue
-            if isinstance(obj, dict) and "kind" in obj:
-                out.append(obj)
-    return out
+        return []
