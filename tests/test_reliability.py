@@ -529,7 +529,9 @@ def _all_fail_job(out_dir):
 
 
 def _all_cancelled_job(out_dir):
-    return headless(out_dir, None, "-u", "2", "-r", "2", "-t", "1s", "--sim-ttft-ms", "5000")
+    # 2 s: the test's start (the first scrape, a collection) runs on Locust's -t clock, and takes up to a
+    # second on a busy 2-core machine; a first token 8 s away is still far beyond the stop
+    return headless(out_dir, None, "-u", "2", "-r", "2", "-t", "2s", "--sim-ttft-ms", "8000")
 
 
 def test_all_requests_failed_still_writes_tables_and_says_why(jobs):

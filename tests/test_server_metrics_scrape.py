@@ -326,6 +326,24 @@ def test_stop_right_after_start_is_not_an_error(targets, tmp_path):
     assert summary["last_error"] is None and summary["errors"] == 0
 
 
+def test_an_armed_child_scrapes_nothing_until_started_and_ends_quietly_if_never_started(targets, tmp_path):
+    tgt = targets("vllm")
+    sc = ScraperProcess(tgt.url, interval_s=0.2)
+    sc.arm()  # before the test: spawned and imported, off Locust's -t clock
+    time.sleep(1.0)
+    assert pid_alive(sc.pid) and tgt.hits == 0
+    out = tmp_path / "run" / "m.jsonl"
+    sc.start(str(out))
+    assert sc.wait_first(15.0) and kinds(read(str(out)))[:2] == ["meta", "scrape"]
+    assert sc.stop(timeout_s=10.0)["scrapes"] >= 2  # the first and the final one
+    idle = ScraperProcess(tgt.url, interval_s=0.2)
+    idle.arm()
+    hits = tgt.hits
+    summary = idle.stop(timeout_s=10.0)
+    assert not pid_alive(idle.pid) and tgt.hits == hits
+    assert summary == {"scrapes": 0, "errors": 0, "last_error": None, "engine": None, "ended": False}
+
+
 def test_a_spawn_failure_never_raises(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
     sc = ScraperProcess("http://127.0.0.1:1/metrics", str(tmp_path / "m.jsonl"))
