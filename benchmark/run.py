@@ -239,6 +239,9 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
         note = metrics.attempts_note(cols)  # resends and retries
         if note:
             print(note)
+        note = metrics.split_note(cols, results)  # reasoning / tokens per event: where the counts came from
+        if note:
+            print(note)
         empty = tables.empty_note(results)
         if empty:
             print(empty)
