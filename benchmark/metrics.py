@@ -11,6 +11,10 @@ Two profiles:
   all events), and numbers are rounded where AISBench rounds them: each statistic in seconds to
   4 decimals, then x1000 to ms rounded to 4 decimals; common metrics rounded to 4 decimals
   (Benchmark Duration: D x 1000 rounded to 4 decimals).
+
+Reasoning and multi-token rows (TTFO, ReasoningTokens, AnswerTokens, TokensPerEvent, ITLPerToken) appear
+only when a run has them; exact definitions at REASONING_METRICS. ITLPerToken: each decode event's gap
+divided evenly over its k tokens, one sample per token; ITL stays one gap per event.
 """
 from __future__ import annotations
 

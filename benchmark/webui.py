@@ -145,6 +145,8 @@ class LiveWindow:
         self.reasoning_tokens.append(r)
         self.answer_tokens.append(a if isinstance(a, (int, float)) else (np.nan if reasoning else out))
         per_event = rec.get("event_tokens")
+        if per_event is None:  # one token per content/reasoning event (event_tokens.py)
+            per_event = [int(e[1] in _TOKEN) for e in events]
         if not isinstance(per_event, list) or len(per_event) != len(events):
             return
         carried = [(e[0], k) for e, k in zip(events, per_event) if e[1] in _TOKEN and isinstance(k, int) and k > 0]

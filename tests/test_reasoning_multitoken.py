@@ -237,3 +237,25 @@ def test_locust_run_shows_the_new_rows(start_sim, tmp_path):
     html = open(os.path.join(run, "report.html"), encoding="utf-8").read()
     for metric in ("TTFO", "ReasoningTokens", "TokensPerEvent", "ITLPerToken"):
         assert f"<td>{metric}</td>" in html, metric
+
+
+def test_web_ui_rows_only_when_seen():
+    from benchmark.webui import LiveWindow
+    plain = {"success": True, "t_send": 100.0, "output_tokens": 3, "error": "",
+             "events": [[.1, "role", 0], [.2, CONTENT, 3], [.3, CONTENT, 3], [.4, CONTENT, 3]]}
+    live = LiveWindow()
+    live.add(plain)
+    names = [r["metric"] for r in live.rows(now=101.0)]
+    assert not any(n.startswith(("TTFO", "Reasoning", "Tokens per event", "ITL per token")) for n in names)
+    live.add({"success": True, "t_send": 100.0, "output_tokens": 7, "error": "", "reasoning_tokens": 2,
+              "answer_tokens": 5, "events": [[.1, "role", 0], [.2, REASONING, 3], [.3, REASONING, 3],
+                                             [.5, CONTENT, 3], [.8, CONTENT, 6], [.9, "usage", 0]],
+              "event_tokens": [0, 1, 1, 2, 3, 0]})
+    rows = {r["metric"]: r for r in live.rows(now=101.0)}
+    assert rows["TTFO (ms): first answer token"]["n"] == 2  # the plain request: TTFO = TTFT
+    assert rows["TTFO (ms): first answer token"]["p50"] == pytest.approx(350.0)  # of 200 and 500 ms
+    assert rows["Reasoning tokens per request"]["avg"] == 1.0 and rows["Answer tokens per request"]["avg"] == 4.0
+    # decode events of the second request: 1, 2, 3 tokens after gaps of 100, 200, 300 ms (the plain one: 1, 1)
+    assert rows["Tokens per event (decode)"]["avg"] == round((1 + 1 + 1 + 2 + 3) / 5, 2)
+    per_token = [100, 100, 100, 100, 100, 100, 100, 100]  # 100/1 x2 (plain), 100/1, 200/2 x2, 300/3 x3
+    assert rows["ITL per token (ms)"]["avg"] == pytest.approx(np.mean(per_token)) and rows["ITL per token (ms)"]["n"] == 8
