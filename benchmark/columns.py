@@ -158,10 +158,6 @@ class ColumnBuilder:
         self.et_counts.append(len(per_event))
         self.et_values += per_event
         if ok:
-            for name in ("reasoning_token_source", "event_token_source"):
-                if isinstance(rec.get(name), str):
-                    self.split_sources[f"{name[:-7]}:{rec[name]}"] += 1
-        if ok:
             self._keep_success(rec, tokens_out)
         else:
             self.failed.append({"error": error, "http_status": rec.get("http_status")})
@@ -188,6 +184,9 @@ class ColumnBuilder:
     def _keep_success(self, rec: dict, tokens_out: float) -> None:
         source = rec.get("token_source")
         self.sources[source if isinstance(source, str) else None] += 1
+        for name in ("reasoning_token_source", "event_token_source"):  # "reasoning_token:usage", ...
+            if isinstance(rec.get(name), str):
+                self.split_sources[f"{name[:-7]}:{rec[name]}"] += 1
         if len(self.examples) < EXAMPLES:
             self.examples.append({k: v for k, v in rec.items() if k != "events"})
         text = _str(rec.get("reasoning")) + _str(rec.get("completion"))

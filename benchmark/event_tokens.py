@@ -19,7 +19,8 @@ beside the output token count, never inside the receive loop). It sets these rec
   "tokenizer" - otherwise: the completion (and the reasoning) encoded once with offsets, each token
                 given to the event that holds its last character (event char counts -> token
                 boundaries). A re-tokenised text can cut differently from the server's tokens, so these
-                counts are an estimate (an event may get 0 tokens, its neighbour 2).
+                counts are an estimate (an event may get 0 tokens, its neighbour 2); when they add up to
+                the number of text events, each is taken as one (None).
 
 Think blocks in the content (`<think>...</think>`, a model whose template does not split reasoning out):
 the events inside a block are reclassified as reasoning, the tags counted as reasoning. The rule is
@@ -159,7 +160,11 @@ def _aligned(rec, events, tok, moved: set) -> tuple[list | None, str]:
         for _start, end in _offsets(tok, text):
             j = min(bisect_right(ends, max(end - 1, 0)), len(idx) - 1)
             counts[idx[j]] += 1
-    return (None if _one_each(counts, events) else counts), "tokenizer"
+    # as many tokens as text events: one each, however the re-tokenised text happened to cut (a 2 and a 0
+    # would be an artefact of the estimate, not a multi-token event)
+    one_each = sum(counts[i] for i in owners["completion"] + owners["reasoning"]) == len(owners["completion"]) + len(
+        owners["reasoning"])
+    return (None if one_each or _one_each(counts, events) else counts), "tokenizer"
 
 
 def _offsets(tok, text: str):

@@ -80,10 +80,11 @@ def test_ttfo_against_trace_truth(start_sim, tmp_path, field):
         assert kinds == [REASONING] * 4 + [CONTENT] * 8, kinds  # <think> text reclassified too
         ttft = rec["events"][token_events(rec)[0]][0]
         ttfo = next(e[0] for e in rec["events"] if e[1] == CONTENT)
-        # the client sent before the arrival and read after the write: never before the truth; and from
-        # the first token to the first answer token as the server wrote them (the send-to-arrival time,
-        # large for a new connection, cancels out)
-        assert ttft >= line["tokens"][0] and ttfo >= line["tokens"][4]
+        # the client sent before the arrival and read after the write (the trace takes its time just
+        # after the write, so a server descheduled there stamps it a little late); and from the first
+        # token to the first answer token as the server wrote them (the send-to-arrival time, large for
+        # a new connection, cancels out)
+        assert ttft > line["tokens"][0] - late and ttfo > line["tokens"][4] - late
         assert abs((ttfo - ttft) - (line["tokens"][4] - line["tokens"][0])) < late, (ttfo, ttft, line, rq.ms)
         assert line["tokens"][4] >= 0.030 + 4 * 0.015 - 1e-4  # after 4 reasoning tokens 15 ms apart: never early
         # usage details: exact
