@@ -285,7 +285,7 @@ class ColumnBuilder:
         if not len(self.et_values):
             return None
         kinds = _np(self.kinds, np.uint8)
-        out = token_mask(kinds).astype(np.int64)
+        out = token_mask(kinds).astype(np.int32)  # 4 bytes an event, only in a run that has lists
         listed = np.repeat(_np(self.et_counts, np.int64) > 0, _np(self.counts, np.int64))
         out[listed] = _np(self.et_values, np.uint32)
         return out

@@ -178,6 +178,12 @@ def test_tokens_per_event_exact(start_sim, tmp_path, continuous):
         assert got == line["per_event"], (got, line)  # the server's grouping, exactly
         assert sum(line["per_event"]) == N_TOKENS and len(line["tokens"]) == N_TOKENS
     assert len({tuple(truth[r["request_id"]]["per_event"]) for r in recs}) > 1  # drawn per request
+    # read by two processes (a big file's way) the columns are the same
+    from benchmark.columns import read_columns
+    path = os.path.join(run.dir, "records.jsonl")
+    one, two = read_columns(path, processes=1)[0], read_columns(path, processes=2)[0]
+    assert one.event_tokens.tolist() == two.event_tokens.tolist() and two.event_tokens.sum() == N_TOKENS * len(recs)
+    assert one.token_split_sources == two.token_split_sources
     res = report(run.dir, html=False, echo=False)
     itl, tpe, requests = itl_per_token_by_hand(recs)
     assert tpe == [k for r in recs for k in truth[r["request_id"]]["per_event"][1:]]
@@ -260,3 +266,28 @@ def test_web_ui_rows_only_when_seen():
     assert rows["Tokens per event (decode)"]["avg"] == round((1 + 1 + 1 + 2 + 3) / 5, 2)
     per_token = [100, 100, 100, 100, 100, 100, 100, 100]  # 100/1 x2 (plain), 100/1, 200/2 x2, 300/3 x3
     assert rows["ITL per token (ms)"]["avg"] == pytest.approx(np.mean(per_token)) and rows["ITL per token (ms)"]["n"] == 8
+
+
+def test_rows_per_stage_by_hand():
+    """Two stages of hand-made records: each stage's rows are its own requests' samples."""
+    def rec(stage, times, per_event, reasoning=0):
+        events = [[.01, "role", 0]] + [[t, REASONING if i < reasoning else CONTENT, 3] for i, t in enumerate(times)]
+        return {"success": True, "t_send": 100.0, "stage": stage, "output_tokens": sum(per_event),
+                "input_tokens": 5, "events": events, "event_tokens": [0] + per_event,
+                "reasoning_tokens": sum(per_event[:reasoning]) if reasoning else None,
+                "answer_tokens": sum(per_event[reasoning:]) if reasoning else None}
+    a = rec("s1", [.1, .2, .4], [1, 2, 4], reasoning=1)
+    b = rec("s2", [.1, .13, .19, .25], [1, 1, 3, 2])
+    res = metrics.compute([a, b])
+    # s1: decode events 2 (gap 100 ms), 4 (gap 200 ms) -> per token 50, 50, 50 x4
+    assert row(res, "TokensPerEvent", "s1")["Average"] == 3 and row(res, "TokensPerEvent", "s1")["N"] == 1
+    assert row(res, "ITLPerToken", "s1")["Average"] == pytest.approx(50) and row(res, "ITLPerToken", "s1")["Max"] == pytest.approx(50)
+    # s2: 1 (30 ms), 3 (60 ms -> 20 x3), 2 (60 ms -> 30 x2)
+    assert [row(res, "ITLPerToken", "s2")[s] for s in metrics.STATS] == pytest.approx(by_hand([30, 20, 20, 20, 30, 30]))
+    assert row(res, "TokensPerEvent", "total")["N"] == 2
+    # TTFO: a's answer starts at its second token event; b has no reasoning: TTFO = TTFT
+    assert row(res, "TTFO", "s1")["Average"] == pytest.approx(200) and row(res, "TTFO", "s2")["Average"] == pytest.approx(100)
+    assert row(res, "ReasoningTokens", "s2")["Max"] == 0 and row(res, "AnswerTokens", "s2")["Average"] == 7
+    assert tables.common_dict(res)["Total Reasoning Tokens"] == {"total": 1, "s1": 1, "s2": 0}
+    # the aisbench profile keeps AISBench's layout
+    assert "TTFO" not in set(metrics.compute([a, b], profile="aisbench").perf["Performance Parameters"])
