@@ -916,7 +916,7 @@ def parse_stream(pieces: list[tuple[float, bytes]], t0: float, out: dict, ended:
             break
         times.append(t - t0)
         payloads.append(data)
-    events, content, reasoning = [], [], []
+    events, content, reasoning, chunk_usage = [], [], [], []
     usage, finish = None, None
     for offset, payload, obj in zip(times, payloads, _decode_all(payloads)):
         if isinstance(obj, ValueError):
@@ -946,6 +946,7 @@ def parse_stream(pieces: list[tuple[float, bytes]], t0: float, out: dict, ended:
             finish = fin
         if obj.get("usage") and isinstance(obj["usage"], dict):
             usage = obj["usage"]
+            chunk_usage.append((len(events) - 1, usage.get("completion_tokens")))  # event_tokens.py
             if _final_chunk(obj):
                 done = True
                 break
@@ -954,6 +955,7 @@ def parse_stream(pieces: list[tuple[float, bytes]], t0: float, out: dict, ended:
     out["reasoning"] = _clean("".join(reasoning))
     out["finish_reason"] = _clean(finish) if finish is not None else None
     out["usage"] = usage
+    out["chunk_usage"] = chunk_usage if len(chunk_usage) > 1 else None  # usage on every chunk
     if not events and not error:
         error = f"no SSE data events in the 200 response: {_snippet(b''.join(piece for _, piece in body))}"
         if ignored:

@@ -61,6 +61,12 @@ class Columns:
     retried: int = 0           # requests with attempts --retry allowed (record `retries`)
     retries: int = 0
     retried_failed: int = 0    # of those, failed on every attempt
+    # event_tokens.py's fields: per request (NaN: the record has none), and per event (None when no record
+    # has a list: every content/reasoning event carries one token, the others none)
+    reasoning_tokens: np.ndarray | None = None
+    answer_tokens: np.ndarray | None = None
+    event_tokens: np.ndarray | None = None
+    token_split_sources: Counter = field(default_factory=Counter)  # successful: (reasoning_, event_)token_source
 
     @property
     def n(self) -> int:
@@ -83,6 +89,9 @@ class ColumnBuilder:
         self.input_tokens, self.output_tokens = array("d"), array("d")
         self.success, self.stage, self.counts = bytearray(), array("i"), array("q")
         self.offsets, self.kinds = array("d"), bytearray()
+        self.reasoning_tokens, self.answer_tokens = array("d"), array("d")
+        self.et_counts, self.et_values = array("q"), array("I")  # per request: its event_tokens list, if any
+        self.split_sources: Counter = Counter()
         self.stage_codes: dict[str, int] = {}
         self.any_sched = False
         self.failed, self.examples, self.text_sample = [], [], []
@@ -121,6 +130,9 @@ class ColumnBuilder:
             t_send, t_sched = _float(rec.get("t_send")), _float(rec.get("t_sched"))
             tokens_in, tokens_out = _count(rec.get("input_tokens")), _count(rec.get("output_tokens"))
             resends, retries = int(_count(rec.get("resends"))), int(_count(rec.get("retries")))
+            reasoning_tokens, answer_tokens = _float(rec.get("reasoning_tokens")), _float(rec.get("answer_tokens"))
+            per_event = rec.get("event_tokens")
+            per_event = array("I", per_event) if per_event is not None else _NO_COUNTS
             code = self.stage_codes.setdefault(stage, len(self.stage_codes))
         except (TypeError, ValueError, IndexError, KeyError, OverflowError):
             self.skipped += 1
@@ -128,6 +140,8 @@ class ColumnBuilder:
         if len(kinds) != len(offsets) or len(offsets) != len(events):  # an event of fewer than 2 fields
             self.skipped += 1
             return
+        if per_event and len(per_event) != len(events):
+            per_event = _NO_COUNTS  # not this record's events: unknown, as without the field
         ok = bool(rec.get("success"))
         self.t_send.append(t_send)
         self.t_sched.append(t_sched)
@@ -139,6 +153,10 @@ class ColumnBuilder:
         self.counts.append(len(offsets))
         self.offsets += offsets
         self.kinds += kinds
+        self.reasoning_tokens.append(reasoning_tokens)
+        self.answer_tokens.append(answer_tokens)
+        self.et_counts.append(len(per_event))
+        self.et_values += per_event
         if ok:
             self._keep_success(rec, tokens_out)
         else:
@@ -166,6 +184,9 @@ class ColumnBuilder:
     def _keep_success(self, rec: dict, tokens_out: float) -> None:
         source = rec.get("token_source")
         self.sources[source if isinstance(source, str) else None] += 1
+        for name in ("reasoning_token_source", "event_token_source"):  # "reasoning_token:usage", ...
+            if isinstance(rec.get(name), str):
+                self.split_sources[f"{name[:-7]}:{rec[name]}"] += 1
         if len(self.examples) < EXAMPLES:
             self.examples.append({k: v for k, v in rec.items() if k != "events"})
         text = _str(rec.get("reasoning")) + _str(rec.get("completion"))
@@ -179,7 +200,8 @@ class ColumnBuilder:
                     self.text_sample[j] = (text, int(tokens_out))
 
     # buffers in file order for dump/merge; `stage` is re-coded on merge (each part numbers its own)
-    _BUFFERS = ("t_send", "t_sched", "input_tokens", "output_tokens", "success", "counts", "offsets", "kinds")
+    _BUFFERS = ("t_send", "t_sched", "input_tokens", "output_tokens", "success", "counts", "offsets", "kinds",
+                "reasoning_tokens", "answer_tokens", "et_counts", "et_values")
 
     def dump(self, f) -> None:
         """Write everything to `f` (a helper process's part): a pickle of the small things, then the
@@ -216,7 +238,8 @@ class ColumnBuilder:
                 "examples": self.examples, "text_sample": self.text_sample, "usage_seen": self._usage_seen,
                 "sources": dict(self.sources), "cancelled": self.cancelled,
                 "cancel_reasons": dict(self.cancel_reasons), "excluded": self.excluded,
-                "skipped": self.skipped, **{k: getattr(self, k) for k in _ATTEMPTS}}
+                "skipped": self.skipped, "split_sources": dict(self.split_sources),
+                **{k: getattr(self, k) for k in _ATTEMPTS}}
 
     def _merge_small(self, meta: dict, part_stage: array) -> None:
         recode = [self.stage_codes.setdefault(name, len(self.stage_codes)) for name in meta["stage_names"]]
@@ -229,6 +252,7 @@ class ColumnBuilder:
         self.cancel_reasons.update(meta.get("cancel_reasons") or {})
         self.excluded += meta["excluded"]
         self.skipped += meta["skipped"]
+        self.split_sources.update(meta.get("split_sources") or {})
         for k in _ATTEMPTS:
             setattr(self, k, getattr(self, k) + meta[k])
         # two uniform samples -> one: each side keeps a share in proportion to what it saw
@@ -251,7 +275,20 @@ class ColumnBuilder:
             counts=_np(self.counts, np.int64), offsets=_np(self.offsets, np.float64), kinds=_np(self.kinds, np.uint8),
             failed=self.failed, examples=self.examples, text_sample=self.text_sample, sources=self.sources,
             cancelled=self.cancelled, cancel_reasons=self.cancel_reasons, excluded=self.excluded,
-            skipped=self.skipped, **{k: getattr(self, k) for k in _ATTEMPTS})
+            skipped=self.skipped, **{k: getattr(self, k) for k in _ATTEMPTS},
+            reasoning_tokens=_np(self.reasoning_tokens, np.float64), answer_tokens=_np(self.answer_tokens, np.float64),
+            event_tokens=self._event_tokens(), token_split_sources=self.split_sources)
+
+    def _event_tokens(self) -> np.ndarray | None:
+        """Tokens of every event: the records' lists where they have one, else 1 per content/reasoning
+        event and 0 for the others; None when no record has a list."""
+        if not len(self.et_values):
+            return None
+        kinds = _np(self.kinds, np.uint8)
+        out = token_mask(kinds).astype(np.int32)  # 4 bytes an event, only in a run that has lists
+        listed = np.repeat(_np(self.et_counts, np.int64) > 0, _np(self.counts, np.int64))
+        out[listed] = _np(self.et_values, np.uint32)
+        return out
 
 
 _ATTEMPTS = ("resent", "resends", "retried", "retries", "retried_failed")  # counters of ColumnBuilder
@@ -368,6 +405,7 @@ def _main(argv: list[str]) -> None:
 
 _BLANK = object()
 _NO_OFFSETS = array("d")
+_NO_COUNTS = array("I")
 
 
 def _parse_slowly(line: bytes):

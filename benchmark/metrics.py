@@ -11,17 +11,22 @@ Two profiles:
   all events), and numbers are rounded where AISBench rounds them: each statistic in seconds to
   4 decimals, then x1000 to ms rounded to 4 decimals; common metrics rounded to 4 decimals
   (Benchmark Duration: D x 1000 rounded to 4 decimals).
+
+Reasoning and multi-token rows (TTFO, ReasoningTokens, AnswerTokens, TokensPerEvent, ITLPerToken) appear
+only when a run has them; exact definitions at REASONING_METRICS. ITLPerToken: each decode event's gap
+divided evenly over its k tokens, one sample per token; ITL stays one gap per event.
 """
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from . import stats
-from .columns import Columns, from_records, token_mask
+from .columns import TOKEN_CODES, Columns, from_records, token_mask
 from .records import TOKEN_KINDS
 
 PROFILES = ("default", "aisbench")
@@ -62,6 +67,24 @@ COUNT_METRICS = frozenset({
 })
 
 TOTAL = "total"
+
+# Reasoning models and multi-token events (event_tokens.py fills the record fields), rows shown only when
+# a run has them (a run without keeps today's tables to the byte), in every profile but aisbench (whose
+# files keep AISBench's layout):
+# - TTFO: time to the first answer event (content, not reasoning), per request; TTFT stays the first
+#   token of any kind. A request with no reasoning has TTFO = TTFT; one that never answered has none.
+# - ReasoningTokens / AnswerTokens: per request (a request without reasoning: 0 / all its output tokens).
+# - TokensPerEvent: tokens carried by each content/reasoning event after the request's first one (the
+#   decode steps; under speculative decoding an acceptance-length proxy), pooled over requests.
+# - ITLPerToken: each such event's gap (from the previous event that carried a token) divided evenly over
+#   its k tokens, one sample per token (k samples of gap/k), pooled. Its mean is the decode time per
+#   token; with one token per event it equals ITL. ITL stays one gap per event. Events given 0 tokens
+#   (a tokenizer estimate) are left out of both.
+REASONING_METRICS = ("TTFO", "ReasoningTokens", "AnswerTokens")
+MULTI_TOKEN_METRICS = ("TokensPerEvent", "ITLPerToken")
+MS_METRICS = (*MS_METRICS, "TTFO", "ITLPerToken")
+REASONING_COMMON = (("Total Reasoning Tokens", ""), ("Total Answer Tokens", ""))
+COUNT_METRICS = COUNT_METRICS | {name for name, _ in REASONING_COMMON}
 
 
 @dataclass
@@ -440,6 +463,7 @@ def compute(records: list[dict] | Columns, profile: str = "default", max_concurr
     counts, offsets, kinds = _ok_events(cols)
     if stream is None:
         stream = _looks_streamed(counts)
+    split = _split_samples(cols, counts, offsets, kinds, profile, stream)  # before _samples uses offsets up
     smp = _samples(counts, offsets, kinds, cols.output_tokens[cols.success], profile, stream)
     del offsets, kinds
 
@@ -457,9 +481,11 @@ def compute(records: list[dict] | Columns, profile: str = "default", max_concurr
         gap_sel = None if code is None else gap_stage == code
         perf += _perf_rows(name, _stage_samples(smp, cols, ok_sel, gap_sel), profile, stream,
                            smp.itl_per_request[ok_sel], intervals)
+        perf += _split_rows(name, split, ok_stage, code, intervals)
         # the configured peak belongs to the whole run; a stage reports its measured peak
         stage_max = max_concurrency if code is None else None
         common += _common_rows(name, cols, end, sel, smp, ok_sel, profile, stream, stage_max, slo)
+        common += _split_common_rows(name, split, ok_sel)
     order = [name for name, _ in stages]
     return Results(profile, _order(perf, PERF_COLUMNS, order), _order(common, COMMON_COLUMNS, order), stream,
                    _order(intervals, stats.CI_COLUMNS, order), empty)
@@ -574,3 +600,121 @@ def _example(record: dict) -> str:
     if not status:
         return error
     return f"{error} (HTTP {status})" if error else f"HTTP {status}"
+
+
+# ---------------------------------------------------------------------------------------------
+# reasoning and multi-token events (definitions at REASONING_METRICS above)
+
+
+@dataclass
+class _Split:
+    """Per successful request: TTFO (s), reasoning and answer tokens; pooled per-event samples with the
+    request each came from. `reasoning` / `multi`: whether the run shows those rows."""
+    reasoning: bool = False
+    multi: bool = False
+    ttfo: np.ndarray | None = None
+    reasoning_tokens: np.ndarray | None = None
+    answer_tokens: np.ndarray | None = None
+    tpe: np.ndarray | None = None         # tokens of each decode event
+    tpe_owner: np.ndarray | None = None   # its request (index among the successful ones)
+    itl_tok: np.ndarray | None = None     # s, one per token of those events
+    itl_tok_owner: np.ndarray | None = None
+
+
+def _split_samples(cols: Columns, counts: np.ndarray, offsets: np.ndarray, kinds: np.ndarray, profile: str,
+                   stream: bool) -> _Split:
+    """The successful requests' reasoning and multi-token samples; reads `offsets`, leaves it as it is."""
+    out = _Split()
+    if profile == "aisbench" or cols.reasoning_tokens is None:
+        return out
+    ok = cols.success
+    n = counts.size
+    reasoning_codes = kinds == TOKEN_CODES[1]
+    rt = cols.reasoning_tokens[ok]
+    out.reasoning = bool(reasoning_codes.any() or np.nansum(rt) > 0)
+    if out.reasoning:
+        # no count in the record: 0 reasoning when it had no reasoning event, else unknown (left out)
+        unknown = np.bincount(_owners(np.flatnonzero(reasoning_codes), counts), minlength=n) > 0
+        out.reasoning_tokens = np.where(np.isnan(rt) & ~unknown, 0.0, rt)
+        at = cols.answer_tokens[ok]
+        out.answer_tokens = np.where(np.isnan(at) & ~unknown, cols.output_tokens[ok], at)
+        out.ttfo = np.full(n, np.nan)
+        if stream:
+            answer = np.flatnonzero(kinds == TOKEN_CODES[0])
+            owner = _owners(answer, counts)
+            first = np.r_[True, owner[1:] != owner[:-1]] if owner.size else np.zeros(0, bool)
+            out.ttfo[owner[first]] = offsets[answer[first]]
+    if cols.event_tokens is None or not stream:
+        return out
+    per_event = cols.event_tokens[np.repeat(ok, cols.counts)] if not ok.all() else cols.event_tokens
+    carrying = np.flatnonzero(token_mask(kinds) & (per_event > 0))
+    owner = _owners(carrying, counts)
+    first = np.r_[True, owner[1:] != owner[:-1]] if owner.size else np.zeros(0, bool)
+    at = offsets[carrying]
+    gap = np.empty(at.size)
+    gap[1:] = at[1:] - at[:-1]
+    k = per_event[carrying]
+    decode = ~first
+    if not (k[decode] > 1).any():
+        return out  # one token per event: the rows would repeat ITL
+    out.multi = True
+    out.tpe, out.tpe_owner = k[decode].astype(np.float64), owner[decode]
+    reps = k[decode].astype(np.int64)
+    out.itl_tok = np.repeat(gap[decode] / k[decode], reps)
+    out.itl_tok_owner = np.repeat(owner[decode], reps)
+    return out
+
+
+def _split_rows(stage: str, split: _Split, ok_stage: np.ndarray, code, intervals: list[list]) -> list[list]:
+    """The stage's TTFO, reasoning/answer token and multi-token rows (none when the run has neither)."""
+    rows = []
+    ok_sel = np.ones(ok_stage.size, bool) if code is None else ok_stage == code
+    per_request = []
+    if split.reasoning:
+        ttfo = split.ttfo[ok_sel]
+        per_request = [("TTFO", ttfo), ("ReasoningTokens", split.reasoning_tokens[ok_sel]),
+                       ("AnswerTokens", split.answer_tokens[ok_sel])]
+    for metric, samples in per_request:
+        n = int(np.isfinite(samples).sum())
+        values = _stats(samples) if n else [np.nan] * len(STATS)  # no answer anywhere (or not streamed): "-"
+        intervals += _interval_rows(metric, stage, samples, values, np.zeros(0), None)
+        rows.append([metric, stage, *[v * 1000 if metric in MS_METRICS else v for v in values], n])
+    if split.multi:
+        for metric, samples, owner in (("TokensPerEvent", split.tpe, split.tpe_owner),
+                                       ("ITLPerToken", split.itl_tok, split.itl_tok_owner)):
+            if code is not None:
+                samples, owner = samples[ok_sel[owner]], owner[ok_sel[owner]]
+            per = np.bincount(owner, minlength=ok_stage.size)[ok_sel]
+            bounds = _itl_bounds(samples.copy(), per)  # cluster-robust: the samples come in requests
+            values = _stats(samples)
+            intervals += _interval_rows(metric, stage, samples, values, per, bounds)
+            rows.append([metric, stage, *[v * 1000 if metric in MS_METRICS else v for v in values],
+                         int((per > 0).sum())])
+    return rows
+
+
+def _split_common_rows(stage: str, split: _Split, ok_sel: np.ndarray) -> list[list]:
+    if not split.reasoning:
+        return []
+    # a request whose split is unknown makes the total unknown ("-"), never an undercount
+    return [["Total Reasoning Tokens", stage, float(split.reasoning_tokens[ok_sel].sum()), ""],
+            ["Total Answer Tokens", stage, float(split.answer_tokens[ok_sel].sum()), ""]]
+
+
+def split_note(cols: Columns, results: Results) -> str:
+    """The console's line on where the reasoning split and the tokens per event came from; '' when the
+    run shows neither."""
+    shown = set(results.perf["Performance Parameters"])
+    parts = []
+    src = cols.token_split_sources
+    if "ReasoningTokens" in shown:
+        parts.append("reasoning/answer tokens from " + _sources(src, "reasoning_token"))
+    if "TokensPerEvent" in shown:
+        parts.append("tokens per event from " + _sources(src, "event_token") + " (usage: per-chunk usage, exact; "
+                     "one-per-event: usage total = events; tokenizer: an estimate, re-tokenised text)")
+    return "Token split: " + "; ".join(parts) if parts else ""
+
+
+def _sources(counts: Counter, prefix: str) -> str:
+    items = [(k.split(":", 1)[1], v) for k, v in counts.most_common() if k.startswith(prefix + ":")]
+    return ", ".join(f"{name} ({v} requests)" for name, v in items) or "-"

@@ -37,6 +37,7 @@ class RunConfig:
     max_out_len: int = 128
     max_out_len_given: bool = False
     ignore_eos: bool = False
+    continuous_usage: bool = False  # ask for usage on every chunk (tokens per event, exactly)
     sampling: dict = field(default_factory=dict)
     tokenizer: str | None = None
     mode: str = "perf"
@@ -105,6 +106,7 @@ class RunConfig:
             max_out_len=_int(o, "max_out_len", 1) if given else 128,
             max_out_len_given=given,
             ignore_eos=_bool(o, "ignore_eos"),
+            continuous_usage=_bool(o, "continuous_usage"),
             sampling=_sampling(o),
             tokenizer=o.tokenizer or None,
             mode=_choice({"mode": mode}, "mode", MODES),
@@ -213,6 +215,10 @@ def add_arguments(parser) -> None:
     ds.add_arguments(add)
     add("--ignore-eos", action="store_true", default=False,
         help="send ignore_eos=true (fixed output lengths; perf mode only)")
+    add("--continuous-usage", action="store_true", default=False,
+        help="ask for usage on every chunk (stream_options.continuous_usage_stats, vLLM): exact tokens per "
+        "event (speculative decoding) instead of the tokenizer's estimate; servers that reject unknown "
+        "stream_options answer 400")
     add("--temperature", default="", help="sampling temperature (sent only when set)")
     add("--top-p", default="", help="top_p (sent only when set)")
     add("--top-k", default="", help="top_k (sent only when set)")

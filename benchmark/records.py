@@ -21,6 +21,8 @@ FIELDS = (
     "input_tokens", "output_tokens", "token_source", "completion", "reasoning", "finish_reason",
     "reference", "success", "error", "http_status", "attempts", "request_id",
     "t_first_send", "resends", "retries",
+    # after the stream, by event_tokens.annotate (see there): the reasoning/answer split, tokens per event
+    "reasoning_tokens", "answer_tokens", "reasoning_token_source", "event_tokens", "event_token_source",
 )
 
 # event kinds, as DESIGN.md names them

@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 
-from . import __version__, health, metrics, stats, tables, tokens
+from . import __version__, event_tokens, health, metrics, stats, tables, tokens
 from .datasets import Prompt
 from .options import RunConfig
 from .columns import CANCELLED, WARMUP, cancel_reason, read_columns
@@ -29,6 +29,8 @@ def build_body(prompt: Prompt, cfg: RunConfig, model: str) -> bytes:
             "stream": cfg.stream}
     if cfg.stream:
         body["stream_options"] = {"include_usage": True}
+        if cfg.continuous_usage:  # opt-in: a server with a strict schema answers 400 to the field
+            body["stream_options"]["continuous_usage_stats"] = True
     if cfg.ignore_eos:  # only when asked: some servers answer 422 to fields they don't know
         body["ignore_eos"] = True
     body.update(cfg.sampling)
@@ -78,11 +80,13 @@ class Run:
     def record(self, result: dict, prompt: Prompt, worker: str, user: int, stage: str = "total") -> dict:
         """Complete one request's fields into a record, write it, and return it."""
         usage = result.pop("usage", None) or {}
+        chunk_usage = result.pop("chunk_usage", None)
         rec = new_record(id=self.seq, worker=worker, user=user, stage=stage, dataset=self.cfg.dataset_abbr,
                          prompt_index=prompt.index, reference=prompt.reference, **result)
         self.seq += 1
         if rec["success"]:
             self._count_tokens(rec, usage, prompt)
+            event_tokens.annotate(rec, usage, chunk_usage, lambda: self.tokenizer)
         self.keep(rec)
         return rec
 
@@ -99,6 +103,7 @@ class Run:
 
         (A distributed worker ships it with its records; `report` sets such records apart as well.)"""
         result.pop("usage", None)
+        result.pop("chunk_usage", None)
         rec = new_record(id=self.seq, worker=worker, user=user, stage=stage, dataset=self.cfg.dataset_abbr,
                          prompt_index=prompt.index, reference=prompt.reference, **result)
         self.seq += 1
@@ -232,6 +237,9 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
         if failures:
             print(failures)
         note = metrics.attempts_note(cols)  # resends and retries
+        if note:
+            print(note)
+        note = metrics.split_note(cols, results)  # reasoning / tokens per event: where the counts came from
         if note:
             print(note)
         empty = tables.empty_note(results)

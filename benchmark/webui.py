@@ -28,7 +28,7 @@ from collections import deque
 import numpy as np
 
 from .columns import CANCELLED
-from .records import TOKEN_KINDS
+from .records import CONTENT, REASONING, TOKEN_KINDS
 
 TAB = "llm"
 WINDOW = 20_000          # requests whose latencies the percentiles cover
@@ -58,6 +58,13 @@ class LiveWindow:
         self.requests = self.failed = 0
         self.tokens = 0.0
         self.first_send = self.last_end = None
+        # reasoning and multi-token events (metrics.py REASONING_METRICS): rows once a record has them
+        self.ttfo: deque = deque(maxlen=WINDOW)
+        self.reasoning_tokens: deque = deque(maxlen=WINDOW)
+        self.answer_tokens: deque = deque(maxlen=WINDOW)
+        self.tpe: deque = deque(maxlen=WINDOW)        # one array of tokens per decode event per request
+        self.itl_tok: deque = deque(maxlen=WINDOW)    # one array of per-token ITL per request
+        self.seen_reasoning = self.seen_multi = False
 
     # ---- reading
     def poll(self, max_bytes: int = READ_CHUNK) -> int:
@@ -118,11 +125,38 @@ class LiveWindow:
                 self.n_gaps += g.size
                 while self.n_gaps > MAX_GAPS or len(self.gaps) > WINDOW:
                     self.n_gaps -= self.gaps.popleft().size
+        self._add_split(rec, events, out)
         self.tokens += out
         if isinstance(t_send, (int, float)):
             end = t_send + e2el
             self.last_end = end if self.last_end is None else max(self.last_end, end)
             self.recent.append((end, out))
+
+    def _add_split(self, rec: dict, events: list, out) -> None:
+        """TTFO, the reasoning/answer tokens and the per-event token samples of one successful record."""
+        reasoning = [e for e in events if e[1] == REASONING]
+        if reasoning or (rec.get("reasoning_tokens") or 0) > 0:
+            self.seen_reasoning = True
+        answer = [e[0] for e in events if e[1] == CONTENT]
+        self.ttfo.append(answer[0] if answer and len(events) > 1 else np.nan)
+        r = rec.get("reasoning_tokens")
+        r = r if isinstance(r, (int, float)) else (np.nan if reasoning else 0)
+        a = rec.get("answer_tokens")
+        self.reasoning_tokens.append(r)
+        self.answer_tokens.append(a if isinstance(a, (int, float)) else (np.nan if reasoning else out))
+        per_event = rec.get("event_tokens")
+        if per_event is None:  # one token per content/reasoning event (event_tokens.py)
+            per_event = [int(e[1] in _TOKEN) for e in events]
+        if not isinstance(per_event, list) or len(per_event) != len(events):
+            return
+        carried = [(e[0], k) for e, k in zip(events, per_event) if e[1] in _TOKEN and isinstance(k, int) and k > 0]
+        if len(carried) < 2:
+            return
+        t = np.array([c[0] for c in carried], float)
+        k = np.array([c[1] for c in carried][1:], np.int64)
+        self.seen_multi |= bool((k > 1).any())
+        self.tpe.append(k)
+        self.itl_tok.append(np.repeat(np.diff(t) / k, k))
 
     # ---- the table
     def rows(self, now: float | None = None, report: str | None = None) -> list[dict]:
@@ -147,6 +181,13 @@ class LiveWindow:
         rows = [stat_row("TTFT (ms)", self.ttft), stat_row("TPOT (ms)", self.tpot), stat_row("ITL (ms)", gaps),
                 stat_row("E2EL (ms)", self.e2el),
                 stat_row("Output token/s per request", self.tps, scale=1.0, digits=1)]
+        if self.seen_reasoning:
+            rows += [stat_row("TTFO (ms): first answer token", _finite(self.ttfo)),
+                     stat_row("Reasoning tokens per request", _finite(self.reasoning_tokens), 1.0, 1),
+                     stat_row("Answer tokens per request", _finite(self.answer_tokens), 1.0, 1)]
+        if self.seen_multi:
+            rows += [stat_row("Tokens per event (decode)", _joined(self.tpe), 1.0, 2),
+                     stat_row("ITL per token (ms)", _joined(self.itl_tok))]
         span = (self.last_end - self.first_send) if self.first_send is not None and self.last_end else 0
         blank = {"p50": "", "p90": "", "p99": ""}
         rows.append({"metric": "Output token/s, whole run", **blank,
@@ -160,6 +201,15 @@ class LiveWindow:
                      else "written when the test stops",
                      "p90": "", "p99": "", "avg": "", "n": ""})
         return rows
+
+
+def _finite(values) -> np.ndarray:
+    a = np.asarray(values, float)
+    return a[np.isfinite(a)]
+
+
+def _joined(arrays) -> np.ndarray:
+    return np.concatenate(list(arrays)).astype(float) if arrays else np.zeros(0)
 
 
 class Live:

@@ -171,7 +171,9 @@ def test_default_profile_per_request_metrics():
                   otp[1] + .8 * (otp[2] - otp[1]), otp[1] + .98 * (otp[2] - otp[1])], 3)
     pre = sorted([10 / .15, 20 / .20, 30 / .30])  # 66.67, 100, 100
     assert_stats(res, "PrefillTokenThroughput", [sum(pre) / 3, pre[0], 100, 100, 100, 100, 100], 3)
-    assert list(res.perf["Performance Parameters"]) == [m for m in metrics.PERF_METRICS if m not in metrics.SCHED_METRICS]
+    # B has reasoning events: TTFO and the token split follow (tests/test_reasoning_multitoken.py)
+    assert list(res.perf["Performance Parameters"]) == [m for m in metrics.PERF_METRICS
+                                                        if m not in metrics.SCHED_METRICS] + list(metrics.REASONING_METRICS)
     assert list(res.perf.columns) == list(metrics.PERF_COLUMNS)
 
 
@@ -189,7 +191,9 @@ def test_default_profile_common_metrics():
         "Total Generated Tokens": 11,
         "Input Token Throughput": 60 / d, "Output Token Throughput": 11 / d, "Total Token Throughput": 71 / d,
     }
-    assert list(res.common["Common Metric"]) == list(want)
+    # B's reasoning events: the split's totals follow; B has no count, so they are unknown (NaN, "-")
+    assert list(res.common["Common Metric"]) == list(want) + [m for m, _ in metrics.REASONING_COMMON]
+    assert np.isnan(common(res, "Total Reasoning Tokens")) and np.isnan(common(res, "Total Answer Tokens"))
     for name, value in want.items():
         assert common(res, name) == pytest.approx(value, rel=1e-9), name
     units = dict(zip(res.common["Common Metric"], res.common["Unit"]))

@@ -60,6 +60,17 @@ def _port(text: str) -> int:
 _port.__name__ = "port"
 
 
+def _token_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    try:
+        lo, hi = int(lo), int(hi) if sep else int(lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K or MIN-MAX (positive ints), got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX, got {text!r}")
+    return lo, hi
+
+
 def _fault(text: str):
     try:
         return parse_fault(text)
@@ -100,6 +111,21 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--trace", metavar="FILE",
                    help="append a JSON line per streamed answer: its X-Request-Id and when each content "
                         "token was really written, s after the request arrived (server-side truth)")
+    r = p.add_argument_group("reasoning models and multi-token events (speculative decoding)")
+    r.add_argument("--reasoning-tokens", type=_non_negative(int), default=0, metavar="N",
+                   help="the first N tokens of every answer are reasoning (they count toward max_tokens and "
+                        "usage; usage.completion_tokens_details.reasoning_tokens says N) (default 0)")
+    r.add_argument("--reasoning-field", choices=("reasoning_content", "reasoning", "think"),
+                   default="reasoning_content",
+                   help="how reasoning is sent: in the delta field reasoning_content (vLLM, DeepSeek) or "
+                        "reasoning, or as <think>...</think> text in the content (default reasoning_content; "
+                        "/v1/completions always uses think)")
+    r.add_argument("--tokens-per-event", type=_token_range, default=(1, 1), metavar="K|MIN-MAX",
+                   help="tokens in each streamed event: K, or drawn uniformly from MIN-MAX per event "
+                        "(default 1); --itl-ms is then the gap between events. A request asking "
+                        "stream_options.continuous_usage_stats gets usage on every token event, as vLLM sends it")
+    r.add_argument("--seed", type=_non_negative(int), default=0,
+                   help="seed of the --tokens-per-event draws (each request's from the seed and its number)")
     m = p.add_argument_group("GET /metrics (vLLM's Prometheus format, from what the simulator did)")
     m.add_argument("--kv-capacity-tokens", type=_positive_int, default=131072, metavar="N",
                    help="KV cache size in tokens: vllm:kv_cache_usage_perc = prompt + generated tokens of the "
@@ -124,7 +150,9 @@ def parse_args(argv: list[str] | None) -> Config:
                   output_len=a.output_len, model=a.model, answers=answers, fault=a.fault,
                   fault_every=a.fault_every, max_concurrency=max(0, a.max_concurrency), trace=a.trace,
                   workers=a.workers, hidden_delay=a.hidden_delay_ms / 1000, kv_capacity=a.kv_capacity_tokens,
-                  metrics_lie=a.metrics_lie, metrics_pad_kb=a.metrics_pad_kb)
+                  metrics_lie=a.metrics_lie, metrics_pad_kb=a.metrics_pad_kb,
+                  reasoning_tokens=a.reasoning_tokens, reasoning_field=a.reasoning_field,
+                  tokens_per_event=a.tokens_per_event, seed=a.seed)
 
 
 def _listen(cfg: Config) -> socket.socket:

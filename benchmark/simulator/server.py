@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import functools
 import heapq
 import itertools
 import json
 import math
 import os
+import random
 import re
 import signal
 import socket
@@ -40,6 +42,11 @@ _FIRST_TOKEN = _WORDS[0]
 _TOKENS = [" " + w for w in _WORDS]
 _TOKENS_JSON = [json.dumps(t).encode() for t in _TOKENS]
 _FIRST_TOKEN_JSON = json.dumps(_FIRST_TOKEN).encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def _json(text: str) -> bytes:
+    return json.dumps(text).encode()
 
 
 def split_tokens(text: str) -> list[str]:
@@ -169,7 +176,7 @@ class _Stream:
         self.transport.write(b"%x\r\n%b\r\n" % (size, body) if self.chunked else body)
         now = self.last_write = _now()
         if self.written is not None:
-            self.written += [now] * len(parts)
+            self.written += [now] * ntok  # one time per token
         if ntok and self.acct is not None:
             self.acct.wrote(ntok, now)
 
@@ -235,6 +242,10 @@ class Config:
     kv_capacity: int = 131072  # tokens of KV cache behind vllm:kv_cache_usage_perc
     metrics_lie: dict = field(default_factory=dict)  # FIELD -> factor on what /metrics reports
     metrics_pad_kb: int = 0  # extra KB of padding series on /metrics
+    reasoning_tokens: int = 0  # of each answer's tokens, this many reasoning ones come first
+    reasoning_field: str = "reasoning_content"  # or "reasoning", or "think" (<think> text in the content)
+    tokens_per_event: tuple = (1, 1)  # tokens in each event: drawn uniformly from this range (inclusive)
+    seed: int = 0  # of the per-request draws of tokens_per_event
 
 
 @dataclass
@@ -250,6 +261,9 @@ class Plan:
     canned: tuple[list[str], list[bytes]] | None
     fault: str | None
     arg: float | int | None
+    reasoning: int = 0  # the first `reasoning` of the n tokens are reasoning
+    groups: list = field(default_factory=list)  # tokens in each token event, summing to n
+    continuous_usage: bool = False  # stream_options.continuous_usage_stats: usage on every token event
 
     def token(self, i: int) -> str:
         if self.canned and i < len(self.canned[0]):
@@ -262,8 +276,11 @@ class Plan:
         return _TOKENS_JSON[i % len(_TOKENS_JSON)] if i else _FIRST_TOKEN_JSON
 
     def usage(self, n: int) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": n,
-                "total_tokens": self.prompt_tokens + n}
+        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": n,
+                 "total_tokens": self.prompt_tokens + n}
+        if self.reasoning:
+            usage["completion_tokens_details"] = {"reasoning_tokens": min(self.reasoning, n)}
+        return usage
 
 
 class BadRequest(ValueError):
@@ -359,9 +376,18 @@ class Simulator:
         else:
             n, finish = natural, "stop"
         options = body.get("stream_options")
-        return Plan(chat=chat, stream=bool(body.get("stream")),
-                    include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
-                    n=n, finish=finish, prompt_tokens=prompt_tokens, canned=canned, fault=name, arg=arg)
+        options = options if isinstance(options, dict) else {}
+        lo, hi = cfg.tokens_per_event
+        draw = random.Random(cfg.seed * 1_000_003 + self.requests)  # one sequence per request number
+        reasoning, groups = min(cfg.reasoning_tokens, n), []
+        for left in (reasoning, n - reasoning):  # an event never mixes reasoning and answer tokens
+            while left > 0:
+                groups.append(min(left, draw.randint(lo, hi)))
+                left -= groups[-1]
+        return Plan(chat=chat, stream=bool(body.get("stream")), include_usage=bool(options.get("include_usage")),
+                    n=n, finish=finish, prompt_tokens=prompt_tokens, canned=canned, fault=name, arg=arg,
+                    reasoning=reasoning, groups=groups,
+                    continuous_usage=bool(options.get("continuous_usage_stats")) and name != "no-usage")
 
     async def answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
         t0 = request["arrival"] = _now()  # every deadline of this answer counts from here; --trace too
@@ -428,18 +454,25 @@ class Simulator:
         return resp  # aiohttp ends the chunked body (or notices the reset) after we return
 
     def write_trace(self, request: web.Request, plan: Plan, written: list[float]) -> None:
-        """One line of server-side truth: arrival (epoch s) and when each content token was written,
-        s after arrival."""
-        first = 1 if plan.chat else 0  # a chat answer's first event is the role chunk
+        """One line of server-side truth: arrival (epoch s) and when each token was written (one time per
+        token, reasoning ones first), s after arrival; with reasoning tokens or several tokens per event,
+        also how many were reasoning and the tokens of each token event."""
         arrival = request["arrival"]
         line = {"request_id": request.headers.get("X-Request-Id"), "arrival": time.time() - (_now() - arrival),
-                "tokens": [round(t - arrival, 7) for t in written[first:first + plan.n]]}
+                "tokens": [round(t - arrival, 7) for t in written[:plan.n]]}
+        if plan.reasoning or any(k != 1 for k in plan.groups):
+            line.update(reasoning=plan.reasoning, per_event=plan.groups)
         os.write(self.trace_fd, (json.dumps(line) + "\n").encode())
 
     def full_body(self, plan: Plan, rid: str, created: int) -> dict:
-        text = "".join(plan.token(i) for i in range(plan.n))
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if plan.chat
-                  else {"index": 0, "text": text})
+        text = "".join(plan.token(i) for i in range(plan.n - plan.reasoning))
+        thought = "".join(_TOKENS[j % len(_TOKENS)] if j else _FIRST_TOKEN for j in range(plan.reasoning))
+        message = {"role": "assistant", "content": text}
+        if thought and plan.chat and self.cfg.reasoning_field != "think":
+            message[self.cfg.reasoning_field] = thought
+        elif thought:
+            message["content"] = text = f"<think>{thought}" + ("</think>" if text else "") + text
+        choice = ({"index": 0, "message": message} if plan.chat else {"index": 0, "text": text})
         choice.update(logprobs=None, finish_reason=plan.finish)
         body = {"id": rid, "object": "chat.completion" if plan.chat else "text_completion", "created": created,
                 "model": self.cfg.model, "choices": [choice]}
@@ -463,25 +496,55 @@ class Simulator:
         post = close + b',"logprobs":null,"finish_reason":null}]}' + end
         usage = json.dumps(plan.usage(n), separators=(",", ":")).encode()
 
+        think = cfg.reasoning_field == "think" or not plan.chat  # completions have no reasoning field
+        sent = 0  # tokens so far, for per-chunk usage
+
+        def _token_event(plan: Plan, texts: list[str], kind: str) -> bytes:
+            nonlocal sent
+            sent += len(texts)
+            text = _json("".join(texts))
+            if kind == "reasoning" and not think:
+                event = head + b'"choices":[{"index":0,"delta":{"%s":%s' % (cfg.reasoning_field.encode(), text)
+            else:
+                event = pre + text
+            if plan.continuous_usage:  # vLLM's continuous_usage_stats: the running count on every chunk
+                usage = b'{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}' % (
+                    plan.prompt_tokens, sent, plan.prompt_tokens + sent)
+                return event + close + b',"logprobs":null,"finish_reason":null}],"usage":%s}%s' % (usage, end)
+            return event + post
+
         t = cfg.ttft
         if plan.chat:
             yield t, (head + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
                       b'"logprobs":null,"finish_reason":null}]}' + end), 0
-        cut = min(FEW, n) if fault == "reset-mid-stream" else -1
-        bad = n // 2 if fault == "malformed-json" else -1
-        shift = 0.0
-        for i in range(n):
+        groups = plan.groups or [1] * n
+        cut = min(FEW, len(groups)) if fault == "reset-mid-stream" else -1
+        bad = len(groups) // 2 if fault == "malformed-json" else -1
+        shift, first = 0.0, 0  # first: index of the event's first token
+        for i, k in enumerate(groups):
             if i == cut:
                 yield t, ABORT, 0
                 return
             if fault == "stall" and i == FEW:
                 shift = plan.arg
             t = cfg.ttft + i * cfg.itl + shift
-            event = pre + plan.token_json(i) + post
+            if first < plan.reasoning:
+                texts = [_TOKENS[j % len(_TOKENS)] if j else _FIRST_TOKEN for j in range(first, first + k)]
+                if think and first == 0:
+                    texts[0] = "<think>" + texts[0]
+                if think and first + k == plan.reasoning < n:  # closed when an answer follows
+                    texts[-1] += "</think>"
+                event = _token_event(plan, texts, "reasoning")
+            elif k == 1 and not plan.continuous_usage:  # the usual stream: prepared bytes, no json.dumps
+                event = pre + plan.token_json(first - plan.reasoning) + post
+                sent += 1
+            else:
+                event = _token_event(plan, [plan.token(j - plan.reasoning) for j in range(first, first + k)], "content")
+            first += k
             if i == bad:
                 event = event[: len(event) // 2] + end
-            yield t, keepalive + event if i or plan.chat else event, 1
-        if cut == n:
+            yield t, keepalive + event if i or plan.chat else event, k
+        if cut == len(groups):
             yield t, ABORT, 0
             return
         if fault != "no-finish":
