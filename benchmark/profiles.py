@@ -70,13 +70,15 @@ def guidellm_stats(values: np.ndarray, weights: np.ndarray | None = None) -> tup
     values, weights = values[keep], weights[keep]
     if not values.size:
         return [0.0] * 7, 0
-    order = np.argsort(values, kind="stable")
-    values, weights = values[order], weights[order]
-    share = np.cumsum(weights / weights.sum())
+    n = int(values.size)
+    values, where = np.unique(values, return_inverse=True)  # equal values pooled, as GuideLLM pools them
+    weights = np.bincount(where.ravel(), weights=weights, minlength=values.size)
+    probabilities = weights / weights.sum()
+    share = np.cumsum(probabilities)
     # the smallest value whose cumulative share reaches p; float noise may leave the last share under 1
     pick = np.minimum(np.searchsorted(share, (0.5, 0.75, 0.90, 0.99), side="left"), values.size - 1)
-    mean = float(np.sum(values * weights) / weights.sum())
-    return [mean, float(values[0]), float(values[-1]), *map(float, values[pick])], int(values.size)
+    mean = float(np.sum(values * probabilities))
+    return [mean, float(values[0]), float(values[-1]), *map(float, values[pick])], n
 
 
 def rate(total: float, times: np.ndarray) -> float:
