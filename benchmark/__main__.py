@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import PROFILES
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -14,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{report,accuracy,compare,simulate}")
     rep = sub.add_parser("report", help="recompute the tables and report.html of a run from its records.jsonl")
     rep.add_argument("run_dir")
-    rep.add_argument("--metric-profile", choices=("default", "aisbench", "vllm", "guidellm"), default=None,
+    rep.add_argument("--metric-profile", choices=PROFILES, default=None,
                      help="render under another tool's definitions: written to RUN_DIR/profiles/PROFILE/, the "
                           "run's own files untouched (its own profile renders in place)")
     rep.add_argument("--html", metavar="PATH", default=None,

@@ -436,3 +436,11 @@ def test_simulator_run_re_reported_under_every_profile(tmp_path, start_sim):
     back = subprocess.run(report + ["default"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert back.returncode == 0, back.stderr
     assert _perf_files(run) == own
+
+
+def test_every_profile_is_offered_where_it_is_chosen(tmp_path):
+    from benchmark import options
+    assert options.PROFILES == metrics.PROFILES == ("default", "aisbench", "vllm", "guidellm")
+    res = subprocess.run([sys.executable, "-m", "benchmark", "report", str(tmp_path), "--metric-profile", "sglang"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 2 and "invalid choice: 'sglang'" in res.stderr and "Traceback" not in res.stderr
