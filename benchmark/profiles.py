@@ -9,6 +9,8 @@ the differences can be read off one run (README "Metric profiles" has the table,
 vllm/benchmarks/serve.py (`calculate_metrics`, `benchmark`).
 - A "chunk" is an SSE data event whose `choices` is non-empty: every event but the usage-only one (role,
   content, reasoning, and the finish chunk with an empty delta, all count; text is not required).
+  Our records type an event without text, role or usage `other`, whether its choices were empty or not;
+  vLLM skips the (rare) chunk with neither choices nor usage, which this profile would count.
 - TTFT = first chunk; ITL = every gap between consecutive chunks, pooled (a chunk carrying several tokens
   is one gap, zero gaps included); E2EL ("latency") = last chunk: the usage-only chunk does not end it.
 - TPOT = (E2EL - TTFT) / (output_len - 1), over the requests with output_len > 1 only (goodput counts
@@ -20,7 +22,8 @@ vllm/benchmarks/serve.py (`calculate_metrics`, `benchmark`).
   output and total token throughput = successes / tokens over that duration. Goodput (with --slo) =
   requests meeting every limit (<=) / duration. Peak concurrent requests: successful requests only,
   intervals [start, start + E2EL) (an end and a start at the same time do not overlap). Peak output
-  token throughput: chunks per 1 s bucket from the first successful start (a chunk counts as one token).
+  token throughput: chunks per 1 s bucket from the first successful start (a chunk counts as one token;
+  it needs every chunk's epoch time, one float per event, while the tables are made).
 
 `guidellm`: GuideLLM's. Source: src/guidellm/backends/openai/http.py (`_resolve_streaming`),
 request_handlers.py (`ChatCompletionsRequestHandler.add_streaming_line`, `_validate_text_response`),
