@@ -526,6 +526,7 @@ def compute(records: list[dict] | Columns, profile: str = "default", max_concurr
         raise ValueError(f"unknown metric profile {profile!r}; expected one of {PROFILES}")
     cols = records if isinstance(records, Columns) else from_records(records)
     end = _first_last(cols.offsets, cols.counts)[1]  # each request's last event, before they are used up
+    measured = cols.success  # the client's verdict: the empty-answer note counts from it
     if profile == "guidellm":
         cols = _guidellm_success(cols)
     counts, offsets, kinds = _ok_events(cols)
@@ -537,9 +538,10 @@ def compute(records: list[dict] | Columns, profile: str = "default", max_concurr
 
     stages = [(TOTAL, None)] + [(name, code) for code, name in enumerate(cols.stage_names) if name != TOTAL]
     ok_stage = cols.stage[cols.success]
-    blank = cols.output_tokens[cols.success] == 0
+    blank = cols.output_tokens[measured] == 0
+    measured_stage = cols.stage[measured]
     empty = {name: (int(blank.sum()), int(blank.size)) if code is None else
-             (int(blank[ok_stage == code].sum()), int((ok_stage == code).sum())) for name, code in stages}
+             (int(blank[measured_stage == code].sum()), int((measured_stage == code).sum())) for name, code in stages}
     gap_stage = np.repeat(ok_stage, smp.itl_per_request) if len(stages) > 1 else None
     perf, common, intervals = [], [], []
     # total last: its ITL statistics may reorder the pooled gaps that the stages select from

@@ -359,6 +359,8 @@ def test_guidellm_profile_is_guidellms_arithmetic():
         ours, theirs, span = common(res, name), want[name], want["spans"][name]
         assert theirs * (span - 1e-4) / span - 1e-9 <= ours <= theirs * (1 + 1e-9), name
     assert common(res, "Failed Requests") == 2  # the HTTP 500 and the empty answer
+    from benchmark.tables import empty_note
+    assert "count as failures" in empty_note(res) and "as successes" in empty_note(metrics.compute(records))
     # GuideLLM's ITL is one average per request (vLLM's TPOT over token iterations); its TPOT counts the
     # first token: both differ from the default's on these records
     default = metrics.compute(records, profile="default")
