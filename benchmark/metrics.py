@@ -4,7 +4,7 @@ Pure numpy/pandas, over a run's Columns (columns.py: per-request arrays, and one
 SSE event with the events of each request contiguous); every metric is a vectorised operation over
 those arrays.
 
-Two profiles:
+Profiles:
 - `default`: DESIGN.md. TTFT = first content/reasoning event; ITL = gaps between consecutive
   content/reasoning events; E2EL = last event of any kind (usage included). No rounding.
 - `aisbench`: AISBench's definitions. Every data event counts (TTFT = first event of any kind, ITL over

@@ -13,6 +13,8 @@ vllm/benchmarks/serve.py (`calculate_metrics`, `benchmark`).
   vLLM skips the (rare) chunk with neither choices nor usage, which this profile would count.
 - TTFT = first chunk; ITL = every gap between consecutive chunks, pooled (a chunk carrying several tokens
   is one gap, zero gaps included); E2EL ("latency") = last chunk: the usage-only chunk does not end it.
+  Older vLLM (benchmarks/backend_request_func.py, 2024) timed only chunks with non-empty `content` (no
+  role chunk, no reasoning) and ended the latency at [DONE]; this profile follows the current code.
 - TPOT = (E2EL - TTFT) / (output_len - 1), over the requests with output_len > 1 only (goodput counts
   the others as 0). output_len: the usage's completion_tokens, else vLLM's tokenizer on the text.
 - Statistics: numpy mean / median / linear percentiles on the raw seconds, x1000 for ms (our own
