@@ -220,12 +220,15 @@ def check_comparable(base: list[tuple[str, dict]], new: list[tuple[str, dict]], 
     same(lambda c: c.get("dataset_abbr") or c.get("dataset") or "?", "datasets", "")
     same(_prompt_version, "prompt sets (prompt_config version)", " (same --dataset, --num-prompts, "
          "--max-out-len and dataset options on both sides)")
-    same(lambda c: c.get("metric_profile", "default"), "metric profiles", " (recompute one with "
-         "`python -m benchmark report RUN --metric-profile ...`)")
+    same(lambda c: c.get("metric_profile", "default"), "metric profiles", " (compare both under one: "
+         "--metric-profile P)")
     for path, cfg in runs:
         profile = cfg.get("metric_profile", "default")
         if profile not in metrics.PROFILES:
             raise CompareError(f"{path}: unknown metric profile {profile!r}")
+        if profile == "guidellm":  # its TPOT/ITL statistics are weighted; the resampling here is not
+            raise CompareError(f"{path}: metric profile guidellm (weighted statistics) is not compared; "
+                               "compare under another: --metric-profile default")
     # Saturation: CPU only. health.verdict() also flags sustained event-loop lag in the measured window,
     # but run folders made before it kept only a whole-run p99 (one shutdown tick of a few dozen), so
     # loop lag is only a note here.
@@ -516,8 +519,10 @@ def small_sample_factor(n: np.ndarray, gamma: float) -> np.ndarray:
 
 
 def compare(base_dirs: list[str], new_dirs: list[str], *, level: float = LEVEL, min_effect: float = MIN_EFFECT,
-            bootstrap: int = BOOTSTRAP, seed: int = SEED, force: bool = False) -> Comparison:
-    """Compare run folders (several per side for repeats). CompareError (one line) when refused."""
+            bootstrap: int = BOOTSTRAP, seed: int = SEED, force: bool = False,
+            profile: str | None = None) -> Comparison:
+    """Compare run folders (several per side for repeats). CompareError (one line) when refused.
+    profile: recompute every run under this metric profile instead of each run's own."""
     if not base_dirs or not new_dirs:
         raise CompareError("compare needs at least one run folder per side")
     if not 0 < level < 1:
@@ -528,6 +533,8 @@ def compare(base_dirs: list[str], new_dirs: list[str], *, level: float = LEVEL, 
         raise CompareError(f"--min-effect: expected a share >= 0; got {min_effect}")
     base_cfg = [(d, read_config(d)) for d in base_dirs]
     new_cfg = [(d, read_config(d)) for d in new_dirs]
+    if profile is not None:
+        base_cfg, new_cfg = ([(d, {**cfg, "metric_profile": profile}) for d, cfg in side] for side in (base_cfg, new_cfg))
     notes = check_comparable(base_cfg, new_cfg, force)
     sides, refs = [], []
     for runs in (base_cfg, new_cfg):
@@ -896,6 +903,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help="bootstrap replicates (default 1000)")
     p.add_argument("--seed", type=int, default=SEED, help="bootstrap seed (default 0)")
     p.add_argument("--force", action="store_true", help="compare even runs whose client was saturated")
+    p.add_argument("--metric-profile", choices=metrics.PROFILES, default=None,
+                   help="recompute both sides under this profile (default: each run's own, which must agree)")
     p.add_argument("--html", metavar="PATH", default=None, help="also write an HTML comparison report")
     return p
 
@@ -929,7 +938,8 @@ def run(args) -> int:
             except ValueError as e:
                 raise CompareError(f"--fail-on {e}") from None
         c = compare(base_dirs, new_dirs, level=args.level, min_effect=_min_effect(args.min_effect),
-                    bootstrap=args.bootstrap, seed=args.seed, force=args.force)
+                    bootstrap=args.bootstrap, seed=args.seed, force=args.force,
+                    profile=getattr(args, "metric_profile", None))
         breaches = check_gate(c, limits) if limits else []
     except CompareError as e:
         sys.stderr.write(f"error: {e}\n")

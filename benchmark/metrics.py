@@ -4,32 +4,35 @@ Pure numpy/pandas, over a run's Columns (columns.py: per-request arrays, and one
 SSE event with the events of each request contiguous); every metric is a vectorised operation over
 those arrays.
 
-Two profiles:
+Profiles:
 - `default`: DESIGN.md. TTFT = first content/reasoning event; ITL = gaps between consecutive
   content/reasoning events; E2EL = last event of any kind (usage included). No rounding.
 - `aisbench`: AISBench's definitions. Every data event counts (TTFT = first event of any kind, ITL over
   all events), and numbers are rounded where AISBench rounds them: each statistic in seconds to
   4 decimals, then x1000 to ms rounded to 4 decimals; common metrics rounded to 4 decimals
   (Benchmark Duration: D x 1000 rounded to 4 decimals).
+- `vllm`, `guidellm`: what `vllm bench serve` and GuideLLM compute from the same stream; their
+  definitions, with the tools' source they come from, are in profiles.py.
 
 Reasoning and multi-token rows (TTFO, ReasoningTokens, AnswerTokens, TokensPerEvent, ITLPerToken) appear
-only when a run has them; exact definitions at REASONING_METRICS. ITLPerToken: each decode event's gap
-divided evenly over its k tokens, one sample per token; ITL stays one gap per event.
+only when a run has them, and only under `default` (the other profiles print what their tool prints);
+exact definitions at REASONING_METRICS. ITLPerToken: each decode event's gap divided evenly over its k
+tokens, one sample per token; ITL stays one gap per event.
 """
 from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
-from . import stats
+from . import profiles, stats
 from .columns import TOKEN_CODES, Columns, from_records, token_mask
 from .records import TOKEN_KINDS
 
-PROFILES = ("default", "aisbench")
+PROFILES = ("default", "aisbench", "vllm", "guidellm")
 STATS = ("Average", "Min", "Max", "Median", "P75", "P90", "P99")
 PERCENTILES = (50, 75, 90, 99)
 PERF_COLUMNS = ("Performance Parameters", "Stage", *STATS, "N")
@@ -207,28 +210,56 @@ class _Samples:
     itl: np.ndarray
     itl_per_request: np.ndarray   # number of ITL gaps of each request (to map gaps to stages)
     decoding: np.ndarray          # request has a non-zero ITL gap (counts in TPOT/ITL N)
+    # guidellm: statistic weights ("TPOT": per request, "ITL": per value of itl) and the token
+    # iterations' first/last offsets and count per request (its token rates); vllm: each chunk's epoch
+    # time and chunks per request (its peak output rate)
+    weights: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
 
 
 def _samples(counts: np.ndarray, offsets: np.ndarray, kinds: np.ndarray, output_tokens: np.ndarray,
-             profile: str, stream: bool) -> _Samples:
-    """Per-request samples of the successful requests' events (consumes `offsets`)."""
+             profile: str, stream: bool, t_send: np.ndarray | None = None) -> _Samples:
+    """Per-request samples of the successful requests' events (consumes `offsets`).
+    t_send: the successful requests' send times (the vllm profile's peak output rate needs them)."""
     first, e2el = _first_last(offsets, counts)
     n = counts.size
     if not stream:
         nothing = np.full(n, np.nan)
         return _Samples(e2el, nothing, nothing, np.empty(0), np.zeros(n, np.int64), np.zeros(n, bool))
-    if profile == "default":
-        # only content/reasoning events carry tokens: TTFT and ITL are taken over those alone
-        token = token_mask(kinds)
-        offsets, counts = _tokens_only(offsets, counts, token)
-        del token
-        first, _ = _first_last(offsets, counts)
+    if profile != "aisbench":
+        # default, guidellm: only content/reasoning events carry tokens: TTFT and ITL are taken over those
+        # alone; vllm: every chunk with choices (all but the usage-only one), which also ends its E2EL
+        keep = profiles.vllm_chunks(kinds) if profile == "vllm" else token_mask(kinds)
+        offsets, counts = _tokens_only(offsets, counts, keep)
+        del keep
+        first, last = _first_last(offsets, counts)
+        if profile == "vllm":
+            e2el = last
+            extra = {"chunk_counts": counts, "chunk_times": None if t_send is None else
+                     np.repeat(t_send, counts) + offsets}
+        if profile == "guidellm":
+            return _guidellm_samples(first, last, e2el, counts, output_tokens)
     itl, itl_per_request, decoding = _segment_gaps(offsets, counts)
     del offsets
     ttft = first
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(output_tokens > 1, (e2el - ttft) / (output_tokens - 1), 0.0)
-    return _Samples(e2el, ttft, tpot, itl, itl_per_request, decoding)
+    return _Samples(e2el, ttft, tpot, itl, itl_per_request, decoding,
+                    extra=extra if profile == "vllm" else {})
+
+
+def _guidellm_samples(first: np.ndarray, last: np.ndarray, e2el: np.ndarray, n_tokens: np.ndarray,
+                      output_tokens: np.ndarray) -> _Samples:
+    """GuideLLM's per-request TTFT, TPOT and ITL (profiles.py): one ITL value per request, weighted."""
+    has = np.isfinite(first)
+    ttft = np.where(has, first, 0.0)  # GuideLLM's `time_to_first_token_ms or 0.0`
+    tpot = _ratio(np.where(has, last, e2el), output_tokens)
+    # output_tokens > 1 with no token iteration: GuideLLM's `inter_token_latency_ms or 0.0`, weight out - 1
+    itl_all = np.where(output_tokens > 1, np.where(has, _ratio(last - first, output_tokens - 1), 0.0), np.nan)
+    per = np.isfinite(itl_all)
+    weights = {"TPOT": output_tokens.astype(np.float64), "ITL": (output_tokens - 1.0)[per]}
+    extra = {"first": first, "last": last, "n_tokens": n_tokens}
+    return _Samples(e2el, ttft, tpot, itl_all[per], per.astype(np.int64), per, weights, extra)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,8 +297,9 @@ def _aisbench_round(metric: str, values: list[float]) -> list[float]:
 
 
 def _perf_rows(stage: str, s: dict, profile: str, stream: bool, itl_counts: np.ndarray,
-               intervals: list[list]) -> list[list]:
-    """The stage's per-request table rows; appends the rows of their confidence intervals to `intervals`."""
+               intervals: list[list], weights: dict | None = None) -> list[list]:
+    """The stage's per-request table rows; appends the rows of their confidence intervals to `intervals`.
+    weights: guidellm's statistic weights of the metrics that have them ({metric: array like samples})."""
     rows = []
     for metric in PERF_METRICS:
         if metric not in s or (profile == "aisbench" and metric == "PrefillTokenThroughput"):
@@ -275,6 +307,13 @@ def _perf_rows(stage: str, s: dict, profile: str, stream: bool, itl_counts: np.n
         samples, n = s[metric]
         if not stream and metric in ("TTFT", "TPOT", "ITL", "PrefillTokenThroughput"):
             values, n = [np.nan] * len(STATS), 0
+        elif profile == "guidellm":
+            w = (weights or {}).get(metric)
+            values, n = profiles.guidellm_stats(samples, w)
+            if w is None:  # a weighted statistic has no interval here (stats.py's are unweighted)
+                intervals += _interval_rows(metric, stage, samples, values, itl_counts, None)
+            if metric in MS_METRICS:
+                values = [v * 1000 for v in values]
         else:
             # ITL's interval first: it reads the gaps in request order, which the statistics reorder
             itl_bounds = _itl_bounds(samples, itl_counts) if metric == "ITL" else None
@@ -345,9 +384,13 @@ def _common_rows(stage: str, req: Columns, end: np.ndarray, sel: np.ndarray, smp
     ends = starts + e2el
     valid = np.isfinite(ends)
     duration = float(ends[valid].max() - starts[valid].min()) if valid.any() else 0.0
+    if profile in ("vllm", "guidellm"):
+        duration = _wall_duration(req, end, sel)
     inputs = float(req.input_tokens[ok_idx].sum())
     outputs = float(req.output_tokens[ok_idx].sum())
     peak = _peak_in_flight(req.t_send[sel], req.t_send[sel] + end[sel])
+    if profile == "vllm":
+        peak = profiles.vllm_peak_in_flight(starts, ends)
 
     def per_d(x: float) -> float:
         return x / duration if duration > 0 else 0.0
@@ -371,6 +414,8 @@ def _common_rows(stage: str, req: Columns, end: np.ndarray, sel: np.ndarray, smp
         "Output Token Throughput": per_d(outputs),
         "Total Token Throughput": per_d(inputs + outputs),
     }
+    if profile == "guidellm" and stream:
+        values.update(_guidellm_rates(req, ok_idx, smp, ok_sel, starts + e2el))
     rows = []
     for name, unit in COMMON_METRICS:
         value = float(values[name])
@@ -379,6 +424,8 @@ def _common_rows(stage: str, req: Columns, end: np.ndarray, sel: np.ndarray, smp
         elif profile == "aisbench" and name not in COUNT_METRICS and not np.isnan(value):
             value = round(value, 4)
         rows.append([name, stage, value, unit])
+    if profile == "vllm" and stream:
+        rows.append(["Peak Output Token Throughput", stage, _vllm_peak_output(smp, ok_sel, starts, ends), "token/s"])
     if slo:
         good = meets_slo(slo, {"ttft": ttft, "tpot": smp.tpot[ok_sel], "e2el": e2el})
         rows += [["SLO Attainment", stage, 100.0 * good.sum() / total if total else 0.0, "%"],
@@ -386,6 +433,46 @@ def _common_rows(stage: str, req: Columns, end: np.ndarray, sel: np.ndarray, smp
                  ["Good Output Token Throughput", stage, per_d(float(req.output_tokens[ok_idx][good].sum())),
                   "token/s"]]
     return rows
+
+
+def _wall_duration(req: Columns, end: np.ndarray, sel: np.ndarray) -> float:
+    """vLLM's and GuideLLM's duration, from records: first send (scheduled time when open loop) to the last
+    event of any request, failed ones included (both time the whole benchmark, not its successes)."""
+    start = req.t_send[sel]
+    if req.t_sched is not None:
+        start = np.fmin(start, req.t_sched[sel])  # fmin: a NaN scheduled time leaves t_send
+    stop = req.t_send[sel] + np.nan_to_num(end[sel], nan=0.0)  # a request without events ends when sent
+    ok = np.isfinite(start) & np.isfinite(stop)
+    return float(stop[ok].max() - start[ok].min()) if ok.any() else 0.0
+
+
+def _guidellm_rates(req: Columns, ok_idx: np.ndarray, smp: _Samples, ok_sel: np.ndarray,
+                    request_end: np.ndarray) -> dict:
+    """GuideLLM's prompt, output and total token/s (profiles.rate over its timings of each request)."""
+    t = req.t_send[ok_idx]
+    first, last = t + smp.extra["first"][ok_sel], t + smp.extra["last"][ok_sel]
+    n_iter = smp.extra["n_tokens"][ok_sel]
+    inputs, outputs = req.input_tokens[ok_idx], req.output_tokens[ok_idx]
+    prompt_at = np.where(np.isfinite(first), first, request_end)  # `prompt_tokens_timing`
+    # `output_tokens_timings`: first .. last token iteration when there are several and output_tokens > 1;
+    # only the first one when output_tokens <= 1; one point (last iteration, or the end) otherwise
+    spread = np.isfinite(first) & (n_iter > 1)
+    out_lo = np.where(spread, first, np.where(np.isfinite(last), last, request_end))
+    out_hi = np.where(spread & (outputs > 1), last, out_lo)
+    out_times = np.concatenate([out_lo, out_hi])
+    return {
+        "Input Token Throughput": profiles.rate(float(inputs.sum()), prompt_at),
+        "Output Token Throughput": profiles.rate(float(outputs.sum()), out_times),
+        "Total Token Throughput": profiles.rate(float(inputs.sum() + outputs.sum()),
+                                                np.concatenate([prompt_at, out_times])),
+    }
+
+
+def _vllm_peak_output(smp: _Samples, ok_sel: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> float:
+    times = smp.extra.get("chunk_times")
+    if times is None:
+        return np.nan
+    return profiles.vllm_peak_output_rate(times[np.repeat(ok_sel, smp.extra["chunk_counts"])], starts, ends)
 
 
 SLO_METRICS = ("ttft", "tpot", "e2el")
@@ -413,7 +500,7 @@ def meets_slo(slo: dict, values: dict) -> np.ndarray:
     return good
 
 
-def _stage_samples(smp: _Samples, req: Columns, ok_sel: np.ndarray, gap_sel) -> dict:
+def _stage_samples(smp: _Samples, req: Columns, ok_sel: np.ndarray, gap_sel, profile: str = "default") -> dict:
     """{metric: (samples, N)} for the successful requests picked by ok_sel."""
     ok_idx = np.flatnonzero(req.success)[ok_sel]
     inputs, outputs = req.input_tokens[ok_idx], req.output_tokens[ok_idx]
@@ -428,11 +515,14 @@ def _stage_samples(smp: _Samples, req: Columns, ok_sel: np.ndarray, gap_sel) -> 
     if req.t_sched is not None:
         queue = req.t_send[ok_idx] - req.t_sched[ok_idx]
         sched = {"QueueDelay": finite(queue), "E2ELFromSched": finite(queue + e2el)}
+    tpot = (smp.tpot[ok_sel], decoding)
+    if profile == "vllm":  # vLLM's TPOT statistics are over the requests with more than one token only
+        tpot = finite(np.where(outputs > 1, smp.tpot[ok_sel], np.nan))
     return {
         **sched,
         "E2EL": finite(e2el),
         "TTFT": finite(ttft),
-        "TPOT": (smp.tpot[ok_sel], decoding),
+        "TPOT": tpot,
         "ITL": (itl, decoding),
         "InputTokens": (inputs, inputs.size),
         "OutputTokens": (outputs, outputs.size),
@@ -460,18 +550,23 @@ def compute(records: list[dict] | Columns, profile: str = "default", max_concurr
         raise ValueError(f"unknown metric profile {profile!r}; expected one of {PROFILES}")
     cols = records if isinstance(records, Columns) else from_records(records)
     end = _first_last(cols.offsets, cols.counts)[1]  # each request's last event, before they are used up
+    measured = cols.success  # the client's verdict: the empty-answer note counts from it
+    if profile == "guidellm":
+        cols = _guidellm_success(cols)
     counts, offsets, kinds = _ok_events(cols)
     if stream is None:
         stream = _looks_streamed(counts)
     split = _split_samples(cols, counts, offsets, kinds, profile, stream)  # before _samples uses offsets up
-    smp = _samples(counts, offsets, kinds, cols.output_tokens[cols.success], profile, stream)
+    smp = _samples(counts, offsets, kinds, cols.output_tokens[cols.success], profile, stream,
+                   cols.t_send[cols.success])
     del offsets, kinds
 
     stages = [(TOTAL, None)] + [(name, code) for code, name in enumerate(cols.stage_names) if name != TOTAL]
     ok_stage = cols.stage[cols.success]
-    blank = cols.output_tokens[cols.success] == 0
+    blank = cols.output_tokens[measured] == 0
+    measured_stage = cols.stage[measured]
     empty = {name: (int(blank.sum()), int(blank.size)) if code is None else
-             (int(blank[ok_stage == code].sum()), int((ok_stage == code).sum())) for name, code in stages}
+             (int(blank[measured_stage == code].sum()), int((measured_stage == code).sum())) for name, code in stages}
     gap_stage = np.repeat(ok_stage, smp.itl_per_request) if len(stages) > 1 else None
     perf, common, intervals = [], [], []
     # total last: its ITL statistics may reorder the pooled gaps that the stages select from
@@ -479,8 +574,11 @@ def compute(records: list[dict] | Columns, profile: str = "default", max_concurr
         sel = np.ones(cols.stage.size, bool) if code is None else cols.stage == code
         ok_sel = np.ones(ok_stage.size, bool) if code is None else ok_stage == code
         gap_sel = None if code is None else gap_stage == code
-        perf += _perf_rows(name, _stage_samples(smp, cols, ok_sel, gap_sel), profile, stream,
-                           smp.itl_per_request[ok_sel], intervals)
+        weights = {"TPOT": smp.weights["TPOT"][ok_sel],
+                   "ITL": smp.weights["ITL"] if gap_sel is None else smp.weights["ITL"][gap_sel]} \
+            if smp.weights else None
+        perf += _perf_rows(name, _stage_samples(smp, cols, ok_sel, gap_sel, profile), profile, stream,
+                           smp.itl_per_request[ok_sel], intervals, weights)
         perf += _split_rows(name, split, ok_stage, code, intervals)
         # the configured peak belongs to the whole run; a stage reports its measured peak
         stage_max = max_concurrency if code is None else None
@@ -489,6 +587,13 @@ def compute(records: list[dict] | Columns, profile: str = "default", max_concurr
     order = [name for name, _ in stages]
     return Results(profile, _order(perf, PERF_COLUMNS, order), _order(common, COMMON_COLUMNS, order), stream,
                    _order(intervals, stats.CI_COLUMNS, order), empty)
+
+
+def _guidellm_success(cols: Columns) -> Columns:
+    """GuideLLM fails a response with no text and 0 output tokens (`_validate_text_response`): here a
+    success with 0 output tokens and no content/reasoning event is failed too (a copy; cols is unchanged)."""
+    has_text = cols.counts > _count_per_segment(np.flatnonzero(~token_mask(cols.kinds)), cols.counts)
+    return replace(cols, success=cols.success & ((cols.output_tokens > 0) | has_text))
 
 
 @dataclass
@@ -508,6 +613,8 @@ class RequestSamples:
 
 def request_samples(cols: Columns, profile: str = "default", stream: bool | None = None) -> RequestSamples:
     """Per-request samples of a run's successful requests, by the same definitions as `compute`."""
+    if profile == "guidellm":
+        cols = _guidellm_success(cols)
     counts, kinds = cols.counts, cols.kinds
     if cols.success.all():
         offsets = cols.offsets.copy()  # _samples works in place
@@ -517,7 +624,7 @@ def request_samples(cols: Columns, profile: str = "default", stream: bool | None
     if stream is None:
         stream = _looks_streamed(counts)
     smp = _samples(counts, offsets, kinds, cols.output_tokens[cols.success], profile, stream)
-    per = _stage_samples(smp, cols, np.ones(counts.size, bool), None)
+    per = _stage_samples(smp, cols, np.ones(counts.size, bool), None, profile)
     values = {m: np.asarray(v, np.float64) * (1000 if m in MS_METRICS else 1)
               for m, (v, _) in per.items() if m != "ITL"}
     if not stream:
@@ -625,7 +732,7 @@ def _split_samples(cols: Columns, counts: np.ndarray, offsets: np.ndarray, kinds
                    stream: bool) -> _Split:
     """The successful requests' reasoning and multi-token samples; reads `offsets`, leaves it as it is."""
     out = _Split()
-    if profile == "aisbench" or cols.reasoning_tokens is None:
+    if profile != "default" or cols.reasoning_tokens is None:  # other profiles print what their tool prints
         return out
     ok = cols.success
     n = counts.size

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from . import datasets as ds
 
 MODES = ("perf", "accuracy", "all")
-PROFILES = ("default", "aisbench")
+PROFILES = ("default", "aisbench", "vllm", "guidellm")  # metrics.PROFILES, without importing numpy here
 SCORED_DATASETS = ("gsm8k",)  # their default mode is `all`: latency and accuracy from one run
 
 
@@ -229,7 +229,8 @@ def add_arguments(parser) -> None:
     add("--no-stream", action="store_true", default=False,
         help="non-streaming requests (TTFT/ITL not reported)")
     add("--metric-profile", default="default",
-        help="default | aisbench (every SSE event counts, AISBench rounding)")
+        help="default | aisbench (every SSE event counts, AISBench rounding) | vllm | guidellm (those tools' "
+             "definitions; README 'Metric profiles')")
     add("--output-dir", default="reports", help="root folder of run folders")
     add("--timeout", default="60", help="seconds to connect and get the response headers")
     add("--read-timeout", default="300", help="seconds allowed between two bytes of a response")

@@ -198,9 +198,10 @@ def health_line(config: dict, results: metrics.Results) -> str:
 
 
 def report(run_dir: str, profile: str | None = None, echo: bool = True,
-           html: str | bool = True) -> metrics.Results:
+           html: str | bool = True, out_dir: str | None = None) -> metrics.Results:
     """Tables from records.jsonl (+ config.json): printed and written under performances/.
-    html: True writes run_dir/report.html, a path writes it there, False skips it."""
+    html: True writes report.html, a path writes it there, False skips it.
+    out_dir: where performances/ and report.html go (default run_dir; another profile's, profiles/P)."""
     records_path = os.path.join(run_dir, "records.jsonl")
     if not os.path.isfile(records_path):
         raise ReportError(f"{run_dir}: no records.jsonl here; pass a run folder like reports/20260101_120000")
@@ -227,7 +228,8 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
     n, failed, skipped = cols.n, cols.failed, cols.skipped
     results = metrics.compute(cols, profile=profile, max_concurrency=config.get("max_users"),
                               stream=config.get("stream", True), slo=config.get("slo") or None)
-    perf_dir = os.path.join(run_dir, "performances", config.get("model_abbr", "model"))
+    out_dir = out_dir or run_dir
+    perf_dir = os.path.join(out_dir, "performances", config.get("model_abbr", "model"))
     csv_path, json_path = tables.write(results, perf_dir, config.get("dataset_abbr", "dataset"))
     curve_path = tables.write_curve(results, perf_dir, config.get("dataset_abbr", "dataset"))
     ci_paths = tables.write_intervals(results, perf_dir, config.get("dataset_abbr", "dataset"))
@@ -268,7 +270,8 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
             print(f"Latency vs throughput per stage written to {curve_path}")
     if html:
         from .report import render
-        path = render(run_dir, html if isinstance(html, str) else None, cols=cols, plot_sample=plot_sample,
+        path = render(run_dir, html if isinstance(html, str) else os.path.join(out_dir, "report.html"),
+                      cols=cols, plot_sample=plot_sample,
                       results=results, config=config, server=server)
         if echo:
             print(f"Report written to {path}")

@@ -193,8 +193,10 @@ def empty_note(results: Results, stage: str = "total") -> str:
     empty, ok = (results.empty or {}).get(stage, (0, 0))
     if not empty:
         return ""
+    counted = ("under the guidellm profile those without text count as failures, as GuideLLM counts them"
+               if results.profile == "guidellm" else "counted as successes")
     line = (f"Empty answers: {empty} of {ok} successful request(s) ({100 * empty / ok:.0f} %) returned "
-            "0 output tokens (counted as successes)")
+            f"0 output tokens ({counted})")
     if empty >= EMPTY_WARN_SHARE * ok:
         line += (". WARNING: a large share of empty answers: a broken chat template, a wrong stop "
                  "sequence or a model that ends at once looks exactly like this; read a completion in "

@@ -159,28 +159,48 @@ def test_grouped_options_stay_in_the_web_ui_form():
 
 def _perf_files(run):
     base = os.path.join(run, "performances", "demo-model", "synthetic")
-    return {ext: open(f"{base}.{ext}").read() for ext in ("csv", "json")}
+    return {name: open(f"{base}{name}", "rb").read() for name in (".csv", ".json", "_ci.csv", "_ci.json")}
 
 
-def test_report_with_another_profile_updates_config_and_every_file(tmp_path):
+def test_report_with_another_profile_writes_beside_the_run_and_leaves_its_files(tmp_path):
     run = write_run(tmp_path / "run", synthetic_records(200))
     report = [sys.executable, "-m", "benchmark", "report", run]
     assert subprocess.run(report, capture_output=True, cwd=ROOT, timeout=120).returncode == 0
     default = _perf_files(run)
-    res = subprocess.run(report + ["--metric-profile", "aisbench"], capture_output=True, text=True, cwd=ROOT,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr
-    config = json.load(open(os.path.join(run, "config.json")))
-    assert config["metric_profile"] == "aisbench" and config["metric_profile_as_run"] == "default"
-    assert "metric profile aisbench" in open(os.path.join(run, "report.html")).read()
-    assert _perf_files(run) != default  # the tables are AISBench's now, as config.json says
-    # a plain `report` keeps the folder's profile; asking for the run's own goes back, byte for byte
-    assert subprocess.run(report, capture_output=True, cwd=ROOT, timeout=120).returncode == 0
-    assert json.load(open(os.path.join(run, "config.json")))["metric_profile"] == "aisbench"
+    config_before = open(os.path.join(run, "config.json"), "rb").read()
+    for profile in ("aisbench", "vllm", "guidellm"):
+        res = subprocess.run(report + ["--metric-profile", profile], capture_output=True, text=True, cwd=ROOT,
+                             timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert f"profiles/{profile}" in res.stdout.replace(os.sep, "/")
+        other = os.path.join(run, "profiles", profile)
+        assert f"metric profile {profile}" in open(os.path.join(other, "report.html")).read()
+        assert _perf_files(other) != default  # another tool's numbers, in their own folder
+        assert _perf_files(run) == default  # the run's own files and config.json untouched
+        assert open(os.path.join(run, "config.json"), "rb").read() == config_before
+    assert "metric profile default" in open(os.path.join(run, "report.html")).read()
+    # the run's own profile renders in place, byte for byte as before
     back = subprocess.run(report + ["--metric-profile", "default"], capture_output=True, cwd=ROOT, timeout=120)
     assert back.returncode == 0
     assert _perf_files(run) == default
-    assert json.load(open(os.path.join(run, "config.json")))["metric_profile"] == "default"
+
+
+def test_report_restores_a_folder_switched_by_an_older_version(tmp_path):
+    run = write_run(tmp_path / "run", synthetic_records(50))
+    report = [sys.executable, "-m", "benchmark", "report", run]
+    assert subprocess.run(report, capture_output=True, cwd=ROOT, timeout=120).returncode == 0
+    default = _perf_files(run)
+    path = os.path.join(run, "config.json")
+    config = json.load(open(path))
+    config.update(metric_profile="aisbench", metric_profile_as_run="default")  # what `report` used to write
+    json.dump(config, open(path, "w"))
+    assert subprocess.run(report, capture_output=True, cwd=ROOT, timeout=120).returncode == 0
+    assert _perf_files(run) != default  # that folder's files were AISBench's
+    back = subprocess.run(report + ["--metric-profile", "default"], capture_output=True, cwd=ROOT, timeout=120)
+    assert back.returncode == 0
+    restored = json.load(open(path))
+    assert restored["metric_profile"] == "default" and "metric_profile_as_run" not in restored
+    assert _perf_files(run) == default
 
 
 def test_accuracy_rescoring_re_renders_the_report(tmp_path):

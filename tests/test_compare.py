@@ -346,7 +346,14 @@ def test_refusals(tmp_path, capsys):
     assert "different datasets" in refused(variant("ds", dataset_abbr="sharegpt"))
     assert "different prompt sets" in refused(variant("pc", prompt_config={**fa.CONFIG["prompt_config"],
                                                                           "max_out_len": 64}))
-    assert "different metric profiles" in refused(variant("mp", metric_profile="aisbench"))
+    mp = variant("mp", metric_profile="aisbench")
+    assert "different metric profiles" in refused(mp) and "--metric-profile" in refused(mp)
+    for profile in ("vllm", "default"):  # both sides recomputed under one profile: comparable
+        assert cli(["compare", a, mp, "--bootstrap", "200", "--metric-profile", profile]) == 0
+        capsys.readouterr()
+        c = cmp.compare([a], [mp], bootstrap=200, profile=profile)
+        assert {r.profile for side in (c.base, c.new) for r in side.results} == {profile}
+    assert "--metric-profile default" in refused(mp, "--metric-profile", "guidellm")
     hot = variant("hot", client_health={"local": {"cpu_percent": 97.0, "loop_lag_p99_ms": 0.4}})
     line = refused(hot)
     assert "client was saturated" in line and "local CPU 97 %" in line and "--force" in line

@@ -352,7 +352,7 @@ def test_plain_dicts_with_missing_fields():
 
 def test_unknown_profile():
     with pytest.raises(ValueError, match="profile"):
-        metrics.compute([A], profile="vllm")
+        metrics.compute([A], profile="lmdeploy")
 
 
 def test_failure_summary():

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import profiles
 from ..columns import Columns, token_mask
 
 
@@ -52,7 +53,9 @@ def run_data(cols: Columns, profile: str = "default", stream: bool = True) -> Ru
     last[has] = offsets[first_idx[has] + counts[has] - 1]
     end = start + last
 
-    if stream and profile == "default":
+    if stream and profile == "vllm":
+        mask = profiles.vllm_chunks(cols.kinds)  # vLLM times every chunk but the usage-only one
+    elif stream and profile != "aisbench":
         mask = token_mask(cols.kinds)
     else:
         mask = np.ones(total, bool)
