@@ -1,8 +1,11 @@
-"""The simulator's HTTP server: an OpenAI-compatible streaming LLM endpoint with known timing.
+"""The simulator's HTTP server: a streaming LLM endpoint with known timing, in every API dialect.
 
 It answers like vLLM: a role chunk and the first token at TTFT, one token every ITL after it, a finish
-chunk, a usage chunk when `stream_options.include_usage` asks for one, then `data: [DONE]`. GET /metrics
-shows what it did in vLLM's Prometheus format (metrics.py).
+chunk, a usage chunk when `stream_options.include_usage` asks for one, then `data: [DONE]`. The same
+schedule is written in each dialect of benchmark/backends at its path (dialects.py formats the events):
+/v1/chat/completions, /v1/completions, TGI's /generate_stream, Triton's
+/v2/models/<model>/generate_stream, MindIE's /infer; GET /info (TGI) and /v2/models/<model> (Triton)
+answer the client's check. GET /metrics shows what it did in vLLM's Prometheus format (metrics.py).
 
 Timing: every event has an absolute deadline counted from the request's arrival, so errors never add
 up, and no event leaves before its deadline (event-loop timers have a 1 ms grain, so up to ~1 ms after).
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .dialects import FORMATTERS
 from .faults import ABORT, FEW, HTTP_ERRORS, parse_fault
 from .metrics import Shared, Stats
 
@@ -241,7 +245,7 @@ class Config:
 class Plan:
     """What one request will get back."""
 
-    chat: bool
+    dialect: str  # a name in dialects.FORMATTERS
     stream: bool
     include_usage: bool
     n: int  # content tokens
@@ -260,6 +264,10 @@ class Plan:
         if self.canned and i < len(self.canned[1]):
             return self.canned[1][i]
         return _TOKENS_JSON[i % len(_TOKENS_JSON)] if i else _FIRST_TOKEN_JSON
+
+    @property
+    def chat(self) -> bool:
+        return self.dialect == "openai-chat"
 
     def usage(self, n: int) -> dict:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": n,
@@ -286,6 +294,11 @@ class Simulator:
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/generate_stream", self.tgi)
+        app.router.add_post("/infer", self.mindie)
+        app.router.add_post("/v2/models/{model}/generate_stream", self.triton)
+        app.router.add_get("/info", self.info)
+        app.router.add_get("/v2/models/{model}", self.triton_model)
         app.router.add_get("/metrics", self.metrics)
         return app
 
@@ -301,11 +314,37 @@ class Simulator:
         from prometheus_client import CONTENT_TYPE_LATEST
         return web.Response(body=self.stats.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def info(self, request: web.Request) -> web.Response:
+        """TGI's GET /info (the fields a client reads)."""
+        return web.json_response({"model_id": self.cfg.model, "model_dtype": "torch.float16",
+                                  "max_input_tokens": 4095, "max_total_tokens": 4096, "version": "llm-sim"})
+
+    async def triton_model(self, request: web.Request) -> web.Response:
+        """Triton's model metadata, GET /v2/models/<model>; an unknown model is Triton's 400."""
+        name = request.match_info["model"]
+        if name != self.cfg.model:
+            return web.json_response({"error": f"Request for unknown model: '{name}' is not found"}, status=400)
+        return web.json_response({"name": name, "versions": ["1"], "platform": "ensemble",
+                                  "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}],
+                                  "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}]})
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self.answer(request, chat=True)
+        return await self.answer(request, "openai-chat")
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self.answer(request, chat=False)
+        return await self.answer(request, "openai")
+
+    async def tgi(self, request: web.Request) -> web.StreamResponse:
+        return await self.answer(request, "tgi")
+
+    async def mindie(self, request: web.Request) -> web.StreamResponse:
+        return await self.answer(request, "mindie")
+
+    async def triton(self, request: web.Request) -> web.StreamResponse:
+        if request.match_info["model"] != self.cfg.model:
+            return web.json_response({"error": f"Request for unknown model: '{request.match_info['model']}' "
+                                               "is not found"}, status=400)
+        return await self.answer(request, "triton")
 
     def pick_fault(self, request: web.Request) -> tuple | None:
         self.requests += 1
@@ -316,11 +355,12 @@ class Simulator:
             return self.cfg.fault
         return None
 
-    def plan(self, body, chat: bool, fault: tuple | None) -> Plan:
+    def plan(self, body, dialect: str, fault: tuple | None) -> Plan:
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
         cfg = self.cfg
-        if chat:
+        ignore_eos, min_tokens, stream, include_usage = body.get("ignore_eos"), 0, bool(body.get("stream")), False
+        if dialect == "openai-chat":
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise BadRequest("messages: a non-empty list is required")
@@ -329,41 +369,52 @@ class Simulator:
             prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages)
             users = [m for m in messages if m.get("role") == "user"]
             question_text = _text(users[-1].get("content")) if users else ""
-        else:
-            prompt = body.get("prompt")
-            if isinstance(prompt, str):
-                question_text = prompt
-            elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-                question_text = " ".join(prompt)
-            elif isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
-                question_text = " ".join(map(str, prompt))  # token ids: one word each
-            else:
-                raise BadRequest("prompt: a string is required")
+        elif dialect == "openai":
+            question_text = _prompt_text(body.get("prompt"), "prompt")
             prompt_tokens = len(question_text.split())
-        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        else:  # the text dialects: TGI/MindIE `inputs` + `parameters`, Triton `text_input` + top-level inputs
+            field = "text_input" if dialect == "triton" else "inputs"
+            question_text = _prompt_text(body.get(field), field)
+            prompt_tokens = len(question_text.split())
+        if dialect in ("tgi", "mindie"):
+            params = body.get("parameters") or {}
+            if not isinstance(params, dict):
+                raise BadRequest("parameters: an object is required")
+            max_tokens = params.get("max_new_tokens")
+            stream = dialect == "tgi" or bool(body.get("stream"))  # /generate_stream always streams
+            include_usage = bool(params.get("details"))  # details carry generated_tokens
+            ignore_eos = False  # neither has such a parameter
+        elif dialect == "triton":
+            max_tokens = body.get("max_tokens")
+            min_tokens = body.get("min_tokens") or 0
+            stream = True  # generate_stream
+        else:
+            max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
             raise BadRequest(f"max_tokens must be at least 1, got {max_tokens!r}")
         canned = None
         if cfg.answers and question_text:
             canned = next(((toks, js) for q, toks, js in cfg.answers if q in question_text), None)
         natural = len(canned[0]) if canned else cfg.output_len
+        if type(min_tokens) is int and min_tokens > natural:  # Triton's min_tokens: no EOS before it
+            natural = min_tokens
         name, arg = fault or (None, None)
         if name == "huge":
             n, finish = arg, "length"
         elif name == "empty-completion":
             n, finish = 0, "stop"
-        elif body.get("ignore_eos"):
+        elif ignore_eos:
             n, finish = (max_tokens if max_tokens is not None else cfg.output_len), "length"
-        elif max_tokens is not None and max_tokens < natural:
+        elif max_tokens is not None and max_tokens <= natural and (min_tokens or max_tokens < natural):
             n, finish = max_tokens, "length"
         else:
             n, finish = natural, "stop"
-        options = body.get("stream_options")
-        return Plan(chat=chat, stream=bool(body.get("stream")),
-                    include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
+        return Plan(dialect=dialect, stream=stream, include_usage=include_usage,
                     n=n, finish=finish, prompt_tokens=prompt_tokens, canned=canned, fault=name, arg=arg)
 
-    async def answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
+    async def answer(self, request: web.Request, dialect: str) -> web.StreamResponse:
         t0 = request["arrival"] = _now()  # every deadline of this answer counts from here; --trace too
         if self.cfg.hidden_delay:  # a gateway in front of the engine part: the client waits, /metrics never
             when = t0 + self.cfg.hidden_delay
@@ -372,7 +423,7 @@ class Simulator:
             t0 = _now()  # the engine part's arrival
         try:
             fault = self.pick_fault(request)
-            plan = self.plan(await request.json(), chat, fault)
+            plan = self.plan(await request.json(), dialect, fault)
         except ValueError as exc:  # BadRequest, a bad X-Sim-Fault, or a body that is not JSON
             return _error(400, str(exc))
         name = plan.fault
@@ -389,17 +440,17 @@ class Simulator:
                 t0 += plan.arg
 
             if self.slots is None:
-                return await self.respond(request, plan, chat, t0, acct)
+                return await self.respond(request, plan, t0, acct)
             async with self.slots:  # a full server queues the request: its TTFT includes the wait
-                return await self.respond(request, plan, chat, max(t0, _now()), acct)
+                return await self.respond(request, plan, max(t0, _now()), acct)
         finally:
             acct.abort()  # nothing once it ended; else it was cut short (client gone, server stopping)
 
-    async def respond(self, request: web.Request, plan: Plan, chat: bool, t0: float, acct) -> web.StreamResponse:
+    async def respond(self, request: web.Request, plan: Plan, t0: float, acct) -> web.StreamResponse:
         name = plan.fault
         cfg = self.cfg
         acct.schedule(t0)  # it has its slot: running from now
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        rid = ("chatcmpl-" if plan.chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         if not plan.stream or name == "non-sse":
             when = t0 + cfg.ttft + max(plan.n - 1, 0) * cfg.itl
@@ -430,43 +481,39 @@ class Simulator:
     def write_trace(self, request: web.Request, plan: Plan, written: list[float]) -> None:
         """One line of server-side truth: arrival (epoch s) and when each content token was written,
         s after arrival."""
-        first = 1 if plan.chat else 0  # a chat answer's first event is the role chunk
+        first = 1 if FORMATTERS[plan.dialect].has_start else 0  # a chat answer's first event is the role chunk
         arrival = request["arrival"]
         line = {"request_id": request.headers.get("X-Request-Id"), "arrival": time.time() - (_now() - arrival),
                 "tokens": [round(t - arrival, 7) for t in written[first:first + plan.n]]}
         os.write(self.trace_fd, (json.dumps(line) + "\n").encode())
 
+    def formatter(self, plan: Plan, rid: str, created: int):
+        """The dialect's event writer for this answer (the faults that change what it says applied)."""
+        fault = plan.fault
+        return FORMATTERS[plan.dialect](
+            rid, created, self.model_json, crlf=fault == "nospace-crlf", n=plan.n,
+            finish=None if fault == "no-finish" else plan.finish,
+            usage=None if fault == "no-usage" else plan.usage(plan.n), include_usage=plan.include_usage,
+            usage_on_finish=fault == "usage-on-finish",
+            text=lambda: "".join(plan.token(i) for i in range(plan.n)), model=self.cfg.model)
+
     def full_body(self, plan: Plan, rid: str, created: int) -> dict:
         text = "".join(plan.token(i) for i in range(plan.n))
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if plan.chat
-                  else {"index": 0, "text": text})
-        choice.update(logprobs=None, finish_reason=plan.finish)
-        body = {"id": rid, "object": "chat.completion" if plan.chat else "text_completion", "created": created,
-                "model": self.cfg.model, "choices": [choice]}
-        if plan.fault != "no-usage":
-            body["usage"] = plan.usage(plan.n)
-        return body
+        return self.formatter(plan, rid, created).whole(text, plan.finish)
 
     def events(self, plan: Plan, rid: str, created: int):
         """Yield (offset from arrival in s, event bytes, content tokens in it) in order; faults bend the
-        sequence."""
+        sequence. The bytes come from the dialect's formatter (dialects.py)."""
         cfg, fault, n = self.cfg, plan.fault, plan.n
-        crlf = fault == "nospace-crlf"
-        sse, end = (b"data:", b"\r\n\r\n") if crlf else (b"data: ", b"\n\n")
-        keepalive = b": keep-alive\r\n\r\n" if crlf else b""
-        obj = b"chat.completion.chunk" if plan.chat else b"text_completion"
-        head = b'%s{"id":"%s","object":"%s","created":%d,"model":%s,' % (
-            sse, rid.encode(), obj, created, self.model_json)
-        open_, close = (b'"choices":[{"index":0,"delta":{"content":', b"}") if plan.chat else (
-            b'"choices":[{"index":0,"text":', b"")
-        pre = head + open_
-        post = close + b',"logprobs":null,"finish_reason":null}]}' + end
-        usage = json.dumps(plan.usage(n), separators=(",", ":")).encode()
+        fmt = self.formatter(plan, rid, created)
+        keepalive = b": keep-alive\r\n\r\n" if fault == "nospace-crlf" else b""
+        ahead = b""  # what goes before an event: nothing before the very first one
 
         t = cfg.ttft
-        if plan.chat:
-            yield t, (head + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
-                      b'"logprobs":null,"finish_reason":null}]}' + end), 0
+        start = fmt.start()
+        if start is not None:
+            yield t, start, 0
+            ahead = keepalive
         cut = min(FEW, n) if fault == "reset-mid-stream" else -1
         bad = n // 2 if fault == "malformed-json" else -1
         shift = 0.0
@@ -477,21 +524,29 @@ class Simulator:
             if fault == "stall" and i == FEW:
                 shift = plan.arg
             t = cfg.ttft + i * cfg.itl + shift
-            event = pre + plan.token_json(i) + post
+            event = fmt.token(i, [plan.token(i)], "content")
             if i == bad:
-                event = event[: len(event) // 2] + end
-            yield t, keepalive + event if i or plan.chat else event, 1
+                event = event[: len(event) // 2] + fmt.nl
+            yield t, ahead + event, 1
+            ahead = keepalive
         if cut == n:
             yield t, ABORT, 0
             return
-        if fault != "no-finish":
-            usage_here = b',"usage":' + usage if fault == "usage-on-finish" else b""
-            yield t, keepalive + pre + b'""' + close + b',"logprobs":null,"finish_reason":"%s"}]%s}%s' % (
-                plan.finish.encode(), usage_here, end), 0
-        if plan.include_usage and fault not in ("no-usage", "usage-on-finish"):
-            yield t, keepalive + head + b'"choices":[],"usage":' + usage + b"}" + end, 0
-        if fault != "no-done":
-            yield t, keepalive + sse + b"[DONE]" + end, 0
+        for event in (fmt.finish(), fmt.usage(), None if fault == "no-done" else fmt.end()):
+            if event is not None:
+                yield t, ahead + event, 0
+                ahead = keepalive
+
+
+def _prompt_text(prompt, field: str) -> str:
+    """A text prompt (a string; a list of strings or of token ids, as /v1/completions takes)."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return " ".join(prompt)
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        return " ".join(map(str, prompt))  # token ids: one word each
+    raise BadRequest(f"{field}: a string is required")
 
 
 def _error(status: int, message: str) -> web.Response:
