@@ -517,6 +517,7 @@ class Simulator:
         cut = min(FEW, n) if fault == "reset-mid-stream" else -1
         bad = n // 2 if fault == "malformed-json" else -1
         shift = 0.0
+        token, text = fmt.token, plan.token
         for i in range(n):
             if i == cut:
                 yield t, ABORT, 0
@@ -524,7 +525,7 @@ class Simulator:
             if fault == "stall" and i == FEW:
                 shift = plan.arg
             t = cfg.ttft + i * cfg.itl + shift
-            event = fmt.token(i, [plan.token(i)], "content")
+            event = token(i, [text(i)], "content")
             if i == bad:
                 event = event[: len(event) // 2] + fmt.nl
             yield t, ahead + event, 1
