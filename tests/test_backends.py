@@ -285,3 +285,31 @@ def test_headless_run_per_backend_writes_tables(tmp_path, start_sim, name):
     assert "Performance Parameters" in res.stdout
     perf = os.path.join(run, "performances", config["model_abbr"], "synthetic.csv")
     assert os.path.isfile(perf)
+
+
+def test_gsm8k_on_a_text_backend_is_scored_and_its_prompt_counted_as_text(tmp_path, start_sim):
+    """The 4-shot prompt goes to MindIE's /infer as one text; the simulator finds each question in it and
+    answers from its canned completions (4 of 8 right); MindIE reports no prompt count, so the
+    tokenizer counts the text that was sent."""
+    from benchmark import tokens
+    questions = [json.loads(line) for line in open(os.path.join(GSM8K, "test.jsonl"))][:8]
+    answers = tmp_path / "answers.jsonl"
+    with open(answers, "w") as f:
+        for i, q in enumerate(questions):
+            gold = q["answer"].split("####")[-1].strip().replace(",", "")
+            said = gold if i % 2 == 0 else str(int(gold) + 1)
+            f.write(json.dumps({"question": q["question"], "completion": f"So. The answer is {said}\n"}) + "\n")
+    sim = start_sim("--ttft-ms", "5", "--itl-ms", "1", "--answers", str(answers))
+    res = run_locust(tmp_path / "out", "--host", sim.url, "--backend", "mindie", "-u", "4", "-r", "4", "-t", "3s",
+                     "--dataset", "gsm8k", "--dataset-path", GSM8K, "--subset", "demo", "--max-out-len", "64")
+    assert res.returncode == 0, res.stderr[-1500:]
+    (run,) = run_dirs(tmp_path / "out")
+    records, _ = read_records(os.path.join(run, "records.jsonl"))
+    assert {r["prompt_index"] for r in records} == set(range(8)) and all(r["success"] for r in records)
+    assert json.load(open(os.path.join(run, "results", "llm-sim", "demo_gsm8k.json")))["accuracy"] == 50.0
+    prompts = datasets.load("gsm8k", GSM8K, 8)
+    tok = tokens.load_tokenizer(None)
+    want = {p.index: tokens.count_text_input(tok, backends.prompt_text(p.messages)) for p in prompts}
+    assert {r["prompt_index"]: r["input_tokens"] for r in records} == want
+    chat = {p.index: tokens.count_input(tok, p.messages) for p in prompts}
+    assert want != chat  # counted as the text that was sent, not as the chat it came from
