@@ -311,5 +311,29 @@ def test_gsm8k_on_a_text_backend_is_scored_and_its_prompt_counted_as_text(tmp_pa
     tok = tokens.load_tokenizer(None)
     want = {p.index: tokens.count_text_input(tok, backends.prompt_text(p.messages)) for p in prompts}
     assert {r["prompt_index"]: r["input_tokens"] for r in records} == want
-    chat = {p.index: tokens.count_input(tok, p.messages) for p in prompts}
-    assert want != chat  # counted as the text that was sent, not as the chat it came from
+
+
+def test_a_text_backend_counts_the_prompt_as_the_text_sent(tmp_path):
+    from benchmark import tokens
+    from benchmark.records import new_record
+    from benchmark.run import Run
+    tok = tokens.load_tokenizer(None)
+    prompt = Prompt(3, [{"role": "user", "content": "ab"}, {"role": "assistant", "content": "cd"},
+                        {"role": "user", "content": "ef"}])
+    counted = {}
+    for name in ("openai-chat", "openai"):
+        run = Run(RunConfig(backend=name, output_dir=str(tmp_path / name)), "m", "http://127.0.0.1:9")
+        rec = new_record(completion="x", success=True)
+        run._count_tokens(rec, {"completion_tokens": 1}, prompt)
+        run.sink.close()
+        counted[name] = rec["input_tokens"]
+    assert counted["openai-chat"] == tokens.count_input(tok, prompt.messages)
+    assert counted["openai"] == tokens.count_text_input(tok, "ab\ncd\nef")
+    assert counted["openai"] != counted["openai-chat"]
+
+
+def test_bad_backend_on_the_command_line_is_one_line(tmp_path):
+    res = run_locust(tmp_path, "--backend", "vllm", "-u", "1", "-t", "1s")
+    lines = [ln for ln in (res.stderr + res.stdout).splitlines() if "error" in ln.lower()]
+    assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout, res.stderr[-2000:]
+    assert len(lines) == 1 and "--backend: expected one of openai-chat" in lines[0], lines
