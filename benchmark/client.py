@@ -935,7 +935,7 @@ def parse_stream(pieces: list[tuple[float, bytes]], t0: float, out: dict, ended:
             finish = fin
         if use:
             usage = use
-        if ends(obj):
+        if (use or fin) and ends(obj):  # only an event with a usage or a finish can end an answer
             done = True
             break
     out["events"] = events

@@ -13,7 +13,8 @@ and verdicts stay in client.py and run.py, the same for all. Names follow vLLM's
 - `classify(obj) -> (kind, content, reasoning, finish_reason, usage)` of ONE parsed SSE event
   (records.ROLE/CONTENT/REASONING/USAGE/OTHER; usage as {"prompt_tokens", "completion_tokens"} with
   what the dialect reports, or None); raises TypeError/AttributeError/KeyError on a misshapen event;
-- `ends(obj) -> bool`: nothing the answer needs comes after this event (read no further);
+- `ends(obj) -> bool`: nothing the answer needs comes after this event (read no further); after the
+  stream it is asked only of events that carry a finish reason or a usage (the others can't end one);
 - `MARKERS`: three byte strings; a read that contains none of them cannot end the answer, so the
   receive loop parses nothing (the hot path tests exactly three substrings, as it always did);
 - `REPORTS_FINISH`: False when the dialect never names a finish reason (then a body that ended
