@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 from time import perf_counter
+from urllib.parse import quote
 
 import gevent
 from gevent import GreenletExit
@@ -19,7 +20,7 @@ from locust import User, constant, events, task
 from locust.exception import StopUser
 from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
 
-from benchmark import arrivals, datasets, distributed, health, idle, load, simulator
+from benchmark import arrivals, backends, datasets, distributed, health, idle, load, simulator
 from benchmark.server_metrics import scrape
 from benchmark.client import ChatClient, ClientError
 from benchmark.options import ConfigError, RunConfig, add_arguments, check_output_dir
@@ -140,18 +141,19 @@ def _prepare(environment, cfg: RunConfig) -> str:
     if not isinstance(environment.runner, WorkerRunner):  # a worker writes no folder
         check_output_dir(cfg.output_dir)
     probe = ChatClient(cfg.host, cfg.api_key, timeout=min(cfg.timeout, 10), read_timeout=30)
+    dialect = backends.get(cfg.backend)
+    check = dialect.MODELS_PATH.format(model=quote(cfg.model, safe=""))  # /v1/models, tgi's /info, ...
     try:
-        listed = probe.get_json("/v1/models")
+        listed = probe.get_json(check)
     except ClientError as e:
-        raise ClientError(f"cannot use --host {cfg.host}: GET /v1/models failed: {e}") from None
+        raise ClientError(f"cannot use --host {cfg.host} (--backend {cfg.backend}): GET {check} failed: {e}") from None
     finally:
         probe.close()
     model = cfg.model
     if not model:
-        try:
-            model = listed["data"][0]["id"]
-        except (KeyError, IndexError, TypeError):
-            raise ClientError(f"--model is empty and {cfg.host}/v1/models lists no model; pass --model") from None
+        model = dialect.model_from(listed)
+        if not model:
+            raise ClientError(f"--model is empty and {cfg.host}{check} names no model; pass --model")
     State.cfg, State.model, State.prompts = cfg, model, _load_prompts(cfg)
     State.bodies = [build_body(p, cfg, model) for p in State.prompts]
     State.prepared_for = cfg
@@ -421,7 +423,7 @@ class LLMUser(User):
         cfg = State.cfg
         self.client = ChatClient(self.environment.host, cfg.api_key, cfg.timeout, cfg.read_timeout,
                                  retry=cfg.retry, retry_on_overload=cfg.retry_on_overload,
-                                 retry_max_wait=cfg.retry_max_wait)
+                                 retry_max_wait=cfg.retry_max_wait, backend=cfg.backend, model=State.model)
         self.number = next(State.user_numbers)
         State.active += 1
         State.peak = max(State.peak, State.active)

@@ -35,7 +35,9 @@ from gevent import monkey
 from geventhttpclient import HTTPClient
 from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTPResponse, HTTPSocketPoolResponse
 
-from .records import CONTENT, OTHER, REASONING, ROLE, USAGE
+from . import backends
+from .backends import openai_chat
+from .records import CONTENT, OTHER
 
 # Epoch time of perf_counter()'s zero, so t_send is comparable across processes and machines while
 # offsets within the run keep perf_counter's resolution and monotonicity.
@@ -117,7 +119,8 @@ class ChatClient:
 
     def __init__(self, host: str, api_key: str | None = None, timeout: float = 60.0,
                  read_timeout: float = 300.0, chat: bool = True, retry: int = 1,
-                 retry_on_overload: bool = False, retry_max_wait: float = 30.0):
+                 retry_on_overload: bool = False, retry_max_wait: float = 30.0, backend: str | None = None,
+                 model: str = ""):
         origin, prefix = split_base_url(host)
         self._origin = urlsplit(origin)
         self._server = (self._origin.hostname, self._origin.port)
@@ -135,7 +138,9 @@ class ChatClient:
         self._lingers = False  # its last such body outlasted BODY_END_WAIT_S
         self._out = None  # the current attempt's record fields (see cancelled)
         self.prefix = prefix
-        self.path = prefix + ("/v1/chat/completions" if chat else "/v1/completions")
+        # the API dialect (--backend): its path, and how its events are read (benchmark/backends)
+        self.backend = backends.get(backend or (backends.DEFAULT if chat else "openai"))
+        self.path = prefix + self.backend.path(model)
         # identity: a compressed stream can't be timed per event (RFC 9110 12.5.3)
         self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
                         "Accept-Encoding": "identity"}
@@ -208,7 +213,7 @@ class ChatClient:
             partial = dict(self._out)
             if "_pieces" in partial:  # cut mid-stream: the events it had, parsed now (the test is over)
                 partial["_pieces"] = list(partial["_pieces"])
-                finish_stream(partial)
+                finish_stream(partial, self.backend)
             events, status = partial["events"], partial.get("http_status")
         return {"t_send": epoch(t) if t is not None else time.time(), "events": events, "http_status": status,
                 "success": False, "error": f"cancelled: {why} while the request was in flight",
@@ -250,7 +255,7 @@ class ChatClient:
     def complete(self, out: dict) -> dict:
         """Parse what `send(defer=True)` read and finish the verdict (idempotent)."""
         if "_pieces" in out:
-            finish_stream(out)
+            finish_stream(out, self.backend)
         if out["attempts"] > 1 and not out["success"]:
             out["error"] += f" (after {out['attempts']} attempts)"
         if out["error"]:
@@ -379,7 +384,7 @@ class ChatClient:
             resp._sock.settimeout(self.read_timeout)  # from now on: the gap allowed between two bytes
         if not stream:
             return _parse_whole(resp, t0, out, self.read_timeout), None
-        read_stream(resp, t0, out, self.read_timeout)
+        read_stream(resp, t0, out, self.read_timeout, self.backend)
         out["_ctype"] = resp.get("Content-Type") or ""
         if resp._sock is not None:  # the answer ended, the body did not (yet): see _settle
             self._parked = resp
@@ -495,12 +500,12 @@ def _idle_socket_alive(sock) -> bool:
         return False
 
 
-def read_stream(resp, t0: float, out: dict, read_timeout: float) -> dict:
+def read_stream(resp, t0: float, out: dict, read_timeout: float, backend=openai_chat) -> dict:
     """Read an SSE body as bytes arrive: each read's body bytes are kept with the perf_counter() of
     their arrival, in `out` for `finish_stream` (parsing happens after the stream, see ChatClient.send).
 
-    Reading stops at the end of the body or of the answer (`data: [DONE]`, or the chunk that carries
-    the usage: see `_answer_over`), whichever comes first; then `resp` still holds its socket when the
+    Reading stops at the end of the body or of the answer (`data: [DONE]`, or the event the dialect
+    says ends it, `backend.ends`: see `_answer_over`), whichever comes first; then `resp` still holds its socket when the
     body went on. `resp` is a geventhttpclient response whose headers have been read; a gap longer
     than the socket's timeout (`read_timeout`) ends the stream as stalled; a broken connection keeps
     the events so far."""
@@ -511,6 +516,10 @@ def read_stream(resp, t0: float, out: dict, read_timeout: float) -> dict:
     out["_pieces"], out["_t0"], out["_broken"], out["_ended"] = pieces, t0, "", False
     buf = resp._body_buffer  # where geventhttpclient's parser puts the body (private, but the only way)
     sock, feed, block = resp._sock, resp.feed, resp.block_size
+    # the dialect's three substrings a read must hold to maybe end the answer: three `in` tests, as
+    # the chat dialect's three constants always were (openai-chat: [DONE], "usage":{, "usage": {)
+    m1, m2, m3 = backend.MARKERS
+    ends = backend.ends
     t = perf_counter()
     ended = check = False
     broken = ""
@@ -520,8 +529,8 @@ def read_stream(resp, t0: float, out: dict, read_timeout: float) -> dict:
                 body = bytes(buf)
                 del buf[:]
                 append((t, body))
-                if check or b"[DONE]" in body or b'"usage":{' in body or b'"usage": {' in body:
-                    over = _answer_over(pieces)
+                if check or m1 in body or m2 in body or m3 in body:
+                    over = _answer_over(pieces, ends)
                     if over:
                         break
                     check = over is None  # that event is not complete yet: look again at the next read
@@ -548,7 +557,7 @@ def read_stream(resp, t0: float, out: dict, read_timeout: float) -> dict:
     return out
 
 
-def _answer_over(pieces: list) -> bool | None:
+def _answer_over(pieces: list, ends=openai_chat.ends) -> bool | None:
     """Did the answer end with the last piece? True, False, or None when the event that may end it
     is not complete yet (ask again with the next piece).
 
@@ -570,7 +579,7 @@ def _answer_over(pieces: list) -> bool | None:
     if len(data) < 16 and data.strip() == b"[DONE]":
         return True
     try:
-        return _final_chunk(orjson.loads(data))
+        return ends(orjson.loads(data))
     except (orjson.JSONDecodeError, RecursionError):
         return False
 
@@ -586,22 +595,7 @@ def _ends_event(piece: bytes) -> bool:
     return piece.endswith((b"\n", b"\r"))
 
 
-def _final_chunk(obj) -> bool:
-    """A chunk after which an OpenAI-style stream has nothing more to say: it carries the usage
-    (stream_options.include_usage is always asked for) and either no choices (OpenAI's and vLLM's
-    separate usage chunk, which comes last) or only finished ones (usage on the finish chunk, as
-    llama-cpp-python sends it). A usage on every chunk (vLLM's continuous_usage_stats) ends nothing
-    until the finish."""
-    if not isinstance(obj, dict):
-        return False
-    usage = obj.get("usage")
-    if not isinstance(usage, dict) or not usage:
-        return False
-    choices = obj.get("choices")
-    if not choices:
-        return True
-    return isinstance(choices, list) and all(isinstance(c, dict) and c.get("finish_reason") is not None
-                                             for c in choices)
+_final_chunk = openai_chat.ends  # the chat dialect's end of an answer (kept under its old name)
 
 
 BOM = b"\xef\xbb\xbf"  # U+FEFF in UTF-8
@@ -672,11 +666,11 @@ def sse_events(pieces, at_start: bool = True) -> tuple[list, bool]:
     return events, bool(carry) or t_first is not None
 
 
-def finish_stream(out: dict) -> dict:
-    """Parse the body `read_stream` kept and give the stream its verdict."""
+def finish_stream(out: dict, backend=openai_chat) -> dict:
+    """Parse the body `read_stream` kept and give the stream its verdict (events read as `backend`'s)."""
     pieces, t0, broken, ended = out.pop("_pieces"), out.pop("_t0"), out.pop("_broken"), out.pop("_ended")
     ctype = out.pop("_ctype", "text/event-stream")
-    parse_stream(pieces, t0, out, ended=ended)
+    parse_stream(pieces, t0, out, ended=ended, backend=backend)
     if broken:
         out["success"] = False
         n = len(out["events"])
@@ -740,6 +734,8 @@ _REJECTED = [re.compile(p) for p in (
 )]
 # which of our options puts a field in the body (run.build_body); --extra-body can add any other
 FIELD_OPTIONS = {"model": "--model", "messages": "(the prompt)", "prompt": "(the prompt)",
+                 "inputs": "(the prompt)", "text_input": "(the prompt)", "max_new_tokens": "--max-out-len",
+                 "min_tokens": "--ignore-eos", "details": "(always sent: --backend tgi/mindie)",
                  "max_tokens": "--max-out-len", "stream": "(always sent; --no-stream sets it false)",
                  "ignore_eos": "--ignore-eos", "temperature": "--temperature", "top_p": "--top-p",
                  "top_k": "--top-k", "stream_options": "(always sent when streaming; try --no-stream)"}
@@ -836,19 +832,8 @@ def _text(value) -> str:
 
 
 def _classify(obj: dict) -> tuple[str, str, str, str | None]:
-    """(kind, content, reasoning, finish_reason) of one parsed chunk; TypeError/... when misshapen."""
-    choices = obj.get("choices") or []
-    if not choices:
-        return (USAGE if obj.get("usage") else OTHER), "", "", None
-    choice = choices[0] or {}
-    delta = choice.get("delta")
-    if delta is None:  # /v1/completions chunks carry `text`
-        delta = {"content": choice.get("text")}
-    content = _text(delta.get("content"))
-    reasoning = _text(delta.get("reasoning_content") or delta.get("reasoning"))
-    kind = CONTENT if content else REASONING if reasoning else ROLE if "role" in delta else OTHER
-    finish = choice.get("finish_reason")
-    return kind, content, reasoning, None if finish is None else str(finish)
+    """(kind, content, reasoning, finish_reason) of one chat chunk (the openai-chat dialect's classify)."""
+    return openai_chat.classify(obj)[:4]
 
 
 class _BadJSON(ValueError):
@@ -885,13 +870,16 @@ def _decode_all(payloads: list[bytes]) -> list:
     return out
 
 
-def parse_stream(pieces: list[tuple[float, bytes]], t0: float, out: dict, ended: bool = True) -> dict:
+def parse_stream(pieces: list[tuple[float, bytes]], t0: float, out: dict, ended: bool = True,
+                 backend=openai_chat) -> dict:
     """Turn timestamped pieces of an SSE body into events, text, usage and the success verdict.
 
     `ended`: the HTTP body ended where the pieces do (its framing said so), which also ends its last
     line and event (the spec drops an event the stream ends inside of; here the body is complete, and
-    the last piece's time is that end). The answer ends at `data: [DONE]` or at the chunk that
-    carries the usage (`_final_chunk`): what follows is not read. Events typed by an `event` field
+    the last piece's time is that end). The answer ends at `data: [DONE]` or at the event that
+    `backend.ends` (the chat dialect: the chunk with the usage): what follows is not read. Each event
+    is read by `backend.classify`; a dialect that never names a finish reason (REPORTS_FINISH False)
+    succeeds when its body ended cleanly. Events typed by an `event` field
     are not chunks: type `error` fails the request with its data as the reason, others are ignored
     (an EventSource gives only "message" events to onmessage). Never raises on malformed data:
     whatever the server sent becomes a one-line error."""
@@ -918,6 +906,7 @@ def parse_stream(pieces: list[tuple[float, bytes]], t0: float, out: dict, ended:
         payloads.append(data)
     events, content, reasoning, chunk_usage = [], [], [], []
     usage, finish = None, None
+    classify, ends = backend.classify, backend.ends
     for offset, payload, obj in zip(times, payloads, _decode_all(payloads)):
         if isinstance(obj, ValueError):
             error = error or f"malformed JSON in stream: {obj}"
@@ -932,7 +921,7 @@ def parse_stream(pieces: list[tuple[float, bytes]], t0: float, out: dict, ended:
             error = error or f"server error in stream: {_snippet(_clean(str(msg)).encode())}"
             continue
         try:
-            kind, c, r, fin = _classify(obj)
+            kind, c, r, fin, use = classify(obj)
         except (TypeError, AttributeError, KeyError, IndexError):
             error = error or f"unexpected SSE data: {_snippet(payload, 80)}"
             events.append([offset, OTHER, 0])
@@ -944,12 +933,12 @@ def parse_stream(pieces: list[tuple[float, bytes]], t0: float, out: dict, ended:
             reasoning.append(r)
         if fin:
             finish = fin
-        if obj.get("usage") and isinstance(obj["usage"], dict):
-            usage = obj["usage"]
-            chunk_usage.append((len(events) - 1, usage.get("completion_tokens")))  # event_tokens.py
-            if _final_chunk(obj):
-                done = True
-                break
+        if use:
+            usage = use
+            chunk_usage.append((len(events) - 1, use.get("completion_tokens")))  # event_tokens.py
+        if (use or fin) and ends(obj):  # only an event with a usage or a finish can end an answer
+            done = True
+            break
     out["events"] = events
     out["completion"] = _clean("".join(content))
     out["reasoning"] = _clean("".join(reasoning))
@@ -961,8 +950,12 @@ def parse_stream(pieces: list[tuple[float, bytes]], t0: float, out: dict, ended:
         if ignored:
             named = ", ".join(f"{n} of type {k.decode('utf-8', 'replace')!r}" for k, n in ignored.items())
             error += f" (ignored: {named}; only events without an `event` type, or type 'message', carry chunks)"
+    elif not error and not backend.REPORTS_FINISH:
+        if not ended:  # its end is the body's end, and the body did not end
+            error = "truncated: the body did not end (this dialect has no finish reason)"
     elif not error and finish is None:
-        error = "truncated: stream ended without a finish_reason" + ("" if done else " or [DONE]")
+        error = "truncated: stream ended without a finish_reason" + (
+            "" if done else " or [DONE]" if backend.MARKERS[0] == b"[DONE]" else " or final event")
     out["error"] = error
     out["success"] = not error
     return out

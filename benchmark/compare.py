@@ -253,11 +253,12 @@ def check_comparable(base: list[tuple[str, dict]], new: list[tuple[str, dict]], 
         notes.append(f"client event-loop lag p99 over {health.LOOP_LAG_LIMIT:.0f} ms in {lagged} of {len(runs)} "
                      f"run(s) (max {max(lags):.1f} ms), CPU not saturated: compared (a short run often shows one "
                      "late tick at shutdown)")
-    for key, label in (("model", "model"), ("max_users", "peak users"),
+    for key, label in (("model", "model"), ("backend", "backend"), ("max_users", "peak users"),
                        ("request_rate", "request rate"), ("ignore_eos", "ignore_eos"), ("stream", "stream"),
                        ("steps", "steps")):
-        b = {_show(cfg.get(key)) for _, cfg in base}
-        n = {_show(cfg.get(key)) for _, cfg in new}
+        default = "openai-chat" if key == "backend" else None  # runs from before --backend used that one
+        b = {_show(cfg.get(key, default)) for _, cfg in base}
+        n = {_show(cfg.get(key, default)) for _, cfg in new}
         if b != n:
             notes.append(f"settings differ: {label} {', '.join(sorted(b))} (base) vs {', '.join(sorted(n))} (new)")
     return notes

@@ -13,6 +13,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 
+from . import backends
 from . import datasets as ds
 
 MODES = ("perf", "accuracy", "all")
@@ -29,6 +30,7 @@ class RunConfig:
     host: str | None = None
     model: str = ""
     model_abbr: str = ""
+    backend: str = backends.DEFAULT  # the API dialect (benchmark/backends)
     api_key: str | None = field(default=None, repr=False)
     dataset: str = "synthetic"
     dataset_path: str | None = None
@@ -98,6 +100,7 @@ class RunConfig:
             host=o.host or None,
             model=(o.model or "").strip(),
             model_abbr=(o.model_abbr or "").strip(),
+            backend=_backend(o),
             api_key=o.api_key or os.environ.get("OPENAI_API_KEY") or None,
             dataset=dataset,
             dataset_path=o.dataset_path or None,
@@ -150,10 +153,37 @@ class RunConfig:
         users = _raw(o, "num_users")
         if isinstance(users, int) and users < 1 and not (cfg.steps or cfg.search):
             raise ConfigError(f"-u/--users: must be at least 1, got {users} (0 users send no request)")
+        _check_backend(cfg)
         if cfg.mode in ("accuracy", "all") and cfg.ignore_eos:
             raise ConfigError(f"--ignore-eos can't be used with --mode {cfg.mode}: "
                               "scored answers must end naturally")
         return cfg
+
+
+def _backend(o) -> str:
+    name = _raw(o, "backend") or backends.DEFAULT
+    try:
+        backends.get(name)
+    except backends.BackendError as e:
+        raise ConfigError(str(e)) from None
+    return name
+
+
+def _check_backend(cfg: "RunConfig") -> None:
+    """Options the chosen dialect can't honour: one line each, before anything starts."""
+    b = backends.get(cfg.backend)
+    if cfg.ignore_eos and b.IGNORE_EOS is None:
+        raise ConfigError(f"--ignore-eos: --backend {cfg.backend} has no request field for it (it would be "
+                          "ignored and outputs end naturally); drop --ignore-eos or use another backend")
+    if cfg.continuous_usage and b.NAME not in ("openai-chat", "openai"):
+        raise ConfigError(f"--continuous-usage: vLLM's stream_options.continuous_usage_stats exists only in the "
+                          f"OpenAI dialects (openai-chat, openai), not --backend {cfg.backend}; drop it")
+    if not cfg.stream and b.STREAM_ONLY:
+        raise ConfigError(f"--no-stream: --backend {cfg.backend} is measured streaming only "
+                          f"(POST {b.path(cfg.model or '<model>')})")
+    if getattr(b, "NEEDS_MODEL", False) and not cfg.model:
+        raise ConfigError(f"--backend {cfg.backend} needs --model: the model's name is part of the URL "
+                          f"({b.path('<model>')})")
 
 
 def _dataset_options(o) -> dict:
@@ -167,7 +197,7 @@ def _dataset_options(o) -> dict:
 GROUPS = {
     "LLM dataset": ("--dataset", "--dataset-path", "--num-prompts", "--prompt-style", "--subset", "--input-len",
                     "--output-len", "--prefix-tokens", "--seed", "--tokenizer"),
-    "LLM request": ("--model", "--model-abbr", "--api-key", "--max-out-len", "--ignore-eos", "--temperature",
+    "LLM request": ("--backend", "--model", "--model-abbr", "--api-key", "--max-out-len", "--ignore-eos", "--temperature",
                     "--top-p", "--top-k", "--extra-body", "--no-stream"),
     "LLM load shape": ("--steps", "--step-time", "--request-rate", "--burstiness", "--ramp-up-strategy",
                        "--ramp-up-start-rps", "--ramp-up-end-rps", "--capacity-search", "--slo-attainment",
@@ -200,7 +230,11 @@ def add_arguments(parser) -> None:
     groups["LLM other"].add_argument(HELP_FLAG, action=_HelpAction, nargs=0, default=argparse.SUPPRESS,
                                      help="list this locustfile's options (LLM-Testing), grouped, and exit")
 
-    add("--model", default="", help="model name sent in requests; empty: ask GET /v1/models")
+    add("--backend", default=backends.DEFAULT, help="API dialect: " + " | ".join(backends.NAMES) + " (openai-chat: "
+        "/v1/chat/completions; openai: /v1/completions; tgi: /generate_stream; triton: TensorRT-LLM's "
+        "/v2/models/<model>/generate_stream; mindie: MindIE's native /infer)")
+    add("--model", default="", help="model name sent in requests; empty: ask GET /v1/models (tgi: /info; "
+        "triton: required, it is in the URL)")
     add("--model-abbr", default="", help="name of the model's output folder (default: --model)")
     # not in the web UI form: Locust embeds a form field's command-line value in the page source, even
     # for a secret (masked) field, so the key would be readable by anyone who can open the UI

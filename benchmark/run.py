@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 
-from . import __version__, event_tokens, health, metrics, stats, tables, tokens
+from . import __version__, backends, event_tokens, health, metrics, stats, tables, tokens
 from .datasets import Prompt
 from .options import RunConfig
 from .columns import CANCELLED, WARMUP, cancel_reason, read_columns
@@ -24,16 +24,9 @@ class ReportError(Exception):
 
 
 def build_body(prompt: Prompt, cfg: RunConfig, model: str) -> bytes:
-    """The request body, built once per prompt before the test starts."""
-    body = {"model": model, "messages": prompt.messages, "max_tokens": prompt.max_tokens or cfg.max_out_len,
-            "stream": cfg.stream}
-    if cfg.stream:
-        body["stream_options"] = {"include_usage": True}
-        if cfg.continuous_usage:  # opt-in: a server with a strict schema answers 400 to the field
-            body["stream_options"]["continuous_usage_stats"] = True
-    if cfg.ignore_eos:  # only when asked: some servers answer 422 to fields they don't know
-        body["ignore_eos"] = True
-    body.update(cfg.sampling)
+    """The request body in the dialect of --backend (benchmark/backends), built once per prompt before
+    the test starts."""
+    body = backends.get(cfg.backend).body(prompt, cfg, model)
     return json.dumps(body, ensure_ascii=False).encode()
 
 
@@ -130,7 +123,11 @@ class Run:
             out_tokens = tokens.count_output(self.tokenizer, text) if text else 0
         if not in_tokens:
             if prompt.index not in self._input_counts:
-                self._input_counts[prompt.index] = tokens.count_input(self.tokenizer, prompt.messages)
+                if backends.get(self.cfg.backend).CHAT:
+                    n = tokens.count_input(self.tokenizer, prompt.messages)
+                else:  # a text dialect sent the prompt as text: that text, as the server encodes it
+                    n = tokens.count_text_input(self.tokenizer, backends.prompt_text(prompt.messages))
+                self._input_counts[prompt.index] = n
             in_tokens = self._input_counts[prompt.index]
         rec["output_tokens"], rec["input_tokens"] = out_tokens, in_tokens
 

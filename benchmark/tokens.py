@@ -204,6 +204,12 @@ def count_input(tok, messages: Sequence[dict]) -> int:
     return count_inputs(tok, [messages])[0]
 
 
+def count_text_input(tok, text: str) -> int:
+    """Tokens of a prompt sent as text (the text dialects: no chat template; the tokenizer's own special
+    tokens added, as a server encodes a raw prompt)."""
+    return encode_lens(tok, [text], add_special_tokens=True)[0]
+
+
 def count_outputs(tok, texts: Iterable[str | None]) -> list[int]:
     return encode_lens(tok, (t or "" for t in texts), add_special_tokens=False)
 

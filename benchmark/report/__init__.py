@@ -140,7 +140,7 @@ def header(run_dir: str, config: dict, cols: Columns, plot_sample: Columns,
         token_source += f"; tokenizer {config['tokenizer']}"
     out_len = config.get("max_out_len")
     rows = [
-        ("Target", config.get("host") or "-"),
+        ("Target", (config.get("host") or "-") + f" (--backend {config.get('backend') or 'openai-chat'})"),
         ("Model", f"{config.get('model') or '-'}" + (f" ({config['model_abbr']})" if config.get("model_abbr")
                                                       and config.get("model_abbr") != config.get("model") else "")),
         ("Dataset", f"{config.get('dataset_abbr') or config.get('dataset') or '-'}"

@@ -4,6 +4,10 @@ How /metrics counts each (see metrics.py): the HTTP errors and reset-before-head
 front of the engine and counted nowhere; reset-mid-stream is an abort (its tokens count, no finished
 request); every other fault bends only what the frontend sends, so the engine finished the request
 normally (stop or length) and it counts as finished.
+
+Every fault applies in every API dialect (dialects.py) except where the dialect has nothing to bend:
+no-done and usage-on-finish are about OpenAI's `[DONE]` and usage chunk; Triton has no finish reason
+for no-finish to drop (there the answer comes out whole). no-usage hides TGI's/MindIE's token counts.
 """
 
 from __future__ import annotations

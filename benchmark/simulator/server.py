@@ -1,8 +1,11 @@
-"""The simulator's HTTP server: an OpenAI-compatible streaming LLM endpoint with known timing.
+"""The simulator's HTTP server: a streaming LLM endpoint with known timing, in every API dialect.
 
 It answers like vLLM: a role chunk and the first token at TTFT, one token every ITL after it, a finish
-chunk, a usage chunk when `stream_options.include_usage` asks for one, then `data: [DONE]`. GET /metrics
-shows what it did in vLLM's Prometheus format (metrics.py).
+chunk, a usage chunk when `stream_options.include_usage` asks for one, then `data: [DONE]`. The same
+schedule is written in each dialect of benchmark/backends at its path (dialects.py formats the events):
+/v1/chat/completions, /v1/completions, TGI's /generate_stream, Triton's
+/v2/models/<model>/generate_stream, MindIE's /infer; GET /info (TGI) and /v2/models/<model> (Triton)
+answer the client's check. GET /metrics shows what it did in vLLM's Prometheus format (metrics.py).
 
 Timing: every event has an absolute deadline counted from the request's arrival, so errors never add
 up, and no event leaves before its deadline (event-loop timers have a 1 ms grain, so up to ~1 ms after).
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import functools
 import heapq
 import itertools
 import json
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .dialects import FORMATTERS
 from .faults import ABORT, FEW, HTTP_ERRORS, parse_fault
 from .metrics import Shared, Stats
 
@@ -44,9 +47,9 @@ _TOKENS_JSON = [json.dumps(t).encode() for t in _TOKENS]
 _FIRST_TOKEN_JSON = json.dumps(_FIRST_TOKEN).encode()
 
 
-@functools.lru_cache(maxsize=4096)
-def _json(text: str) -> bytes:
-    return json.dumps(text).encode()
+def _filler(j: int) -> str:
+    """The j-th filler token (the reasoning tokens, and the answer's when no --answers match)."""
+    return _TOKENS[j % len(_TOKENS)] if j else _FIRST_TOKEN
 
 
 def split_tokens(text: str) -> list[str]:
@@ -252,7 +255,7 @@ class Config:
 class Plan:
     """What one request will get back."""
 
-    chat: bool
+    dialect: str  # a name in dialects.FORMATTERS
     stream: bool
     include_usage: bool
     n: int  # content tokens
@@ -270,10 +273,9 @@ class Plan:
             return self.canned[0][i]
         return _TOKENS[i % len(_TOKENS)] if i else _FIRST_TOKEN
 
-    def token_json(self, i: int) -> bytes:
-        if self.canned and i < len(self.canned[1]):
-            return self.canned[1][i]
-        return _TOKENS_JSON[i % len(_TOKENS_JSON)] if i else _FIRST_TOKEN_JSON
+    @property
+    def chat(self) -> bool:
+        return self.dialect == "openai-chat"
 
     def usage(self, n: int) -> dict:
         usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": n,
@@ -303,6 +305,11 @@ class Simulator:
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/generate_stream", self.tgi)
+        app.router.add_post("/infer", self.mindie)
+        app.router.add_post("/v2/models/{model}/generate_stream", self.triton)
+        app.router.add_get("/info", self.info)
+        app.router.add_get("/v2/models/{model}", self.triton_model)
         app.router.add_get("/metrics", self.metrics)
         return app
 
@@ -318,11 +325,37 @@ class Simulator:
         from prometheus_client import CONTENT_TYPE_LATEST
         return web.Response(body=self.stats.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def info(self, request: web.Request) -> web.Response:
+        """TGI's GET /info (the fields a client reads)."""
+        return web.json_response({"model_id": self.cfg.model, "model_dtype": "torch.float16",
+                                  "max_input_tokens": 4095, "max_total_tokens": 4096, "version": "llm-sim"})
+
+    async def triton_model(self, request: web.Request) -> web.Response:
+        """Triton's model metadata, GET /v2/models/<model>; an unknown model is Triton's 400."""
+        name = request.match_info["model"]
+        if name != self.cfg.model:
+            return web.json_response({"error": f"Request for unknown model: '{name}' is not found"}, status=400)
+        return web.json_response({"name": name, "versions": ["1"], "platform": "ensemble",
+                                  "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}],
+                                  "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}]})
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self.answer(request, chat=True)
+        return await self.answer(request, "openai-chat")
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self.answer(request, chat=False)
+        return await self.answer(request, "openai")
+
+    async def tgi(self, request: web.Request) -> web.StreamResponse:
+        return await self.answer(request, "tgi")
+
+    async def mindie(self, request: web.Request) -> web.StreamResponse:
+        return await self.answer(request, "mindie")
+
+    async def triton(self, request: web.Request) -> web.StreamResponse:
+        if request.match_info["model"] != self.cfg.model:
+            return web.json_response({"error": f"Request for unknown model: '{request.match_info['model']}' "
+                                               "is not found"}, status=400)
+        return await self.answer(request, "triton")
 
     def pick_fault(self, request: web.Request) -> tuple | None:
         self.requests += 1
@@ -333,11 +366,12 @@ class Simulator:
             return self.cfg.fault
         return None
 
-    def plan(self, body, chat: bool, fault: tuple | None) -> Plan:
+    def plan(self, body, dialect: str, fault: tuple | None) -> Plan:
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
         cfg = self.cfg
-        if chat:
+        ignore_eos, min_tokens, stream, include_usage = body.get("ignore_eos"), 0, bool(body.get("stream")), False
+        if dialect == "openai-chat":
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise BadRequest("messages: a non-empty list is required")
@@ -346,36 +380,49 @@ class Simulator:
             prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages)
             users = [m for m in messages if m.get("role") == "user"]
             question_text = _text(users[-1].get("content")) if users else ""
-        else:
-            prompt = body.get("prompt")
-            if isinstance(prompt, str):
-                question_text = prompt
-            elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-                question_text = " ".join(prompt)
-            elif isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
-                question_text = " ".join(map(str, prompt))  # token ids: one word each
-            else:
-                raise BadRequest("prompt: a string is required")
+        elif dialect == "openai":
+            question_text = _prompt_text(body.get("prompt"), "prompt")
             prompt_tokens = len(question_text.split())
-        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        else:  # the text dialects: TGI/MindIE `inputs` + `parameters`, Triton `text_input` + top-level inputs
+            field = "text_input" if dialect == "triton" else "inputs"
+            question_text = _prompt_text(body.get(field), field)
+            prompt_tokens = len(question_text.split())
+        if dialect in ("tgi", "mindie"):
+            params = body.get("parameters") or {}
+            if not isinstance(params, dict):
+                raise BadRequest("parameters: an object is required")
+            max_tokens = params.get("max_new_tokens")
+            stream = dialect == "tgi" or bool(body.get("stream"))  # /generate_stream always streams
+            include_usage = bool(params.get("details"))  # details carry generated_tokens
+            ignore_eos = False  # neither has such a parameter
+        elif dialect == "triton":
+            max_tokens = body.get("max_tokens")
+            min_tokens = body.get("min_tokens") or 0
+            stream = True  # generate_stream
+        else:
+            max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
             raise BadRequest(f"max_tokens must be at least 1, got {max_tokens!r}")
         canned = None
         if cfg.answers and question_text:
             canned = next(((toks, js) for q, toks, js in cfg.answers if q in question_text), None)
         natural = len(canned[0]) if canned else cfg.output_len
+        if type(min_tokens) is int and min_tokens > natural:  # Triton's min_tokens: no EOS before it
+            natural = min_tokens
         name, arg = fault or (None, None)
         if name == "huge":
             n, finish = arg, "length"
         elif name == "empty-completion":
             n, finish = 0, "stop"
-        elif body.get("ignore_eos"):
+        elif ignore_eos:
             n, finish = (max_tokens if max_tokens is not None else cfg.output_len), "length"
-        elif max_tokens is not None and max_tokens < natural:
+        elif max_tokens is not None and max_tokens <= natural and (min_tokens or max_tokens < natural):
             n, finish = max_tokens, "length"
         else:
             n, finish = natural, "stop"
-        options = body.get("stream_options")
+        options = body.get("stream_options") if dialect in ("openai-chat", "openai") else None
         options = options if isinstance(options, dict) else {}
         lo, hi = cfg.tokens_per_event
         draw = random.Random(cfg.seed * 1_000_003 + self.requests)  # one sequence per request number
@@ -384,12 +431,12 @@ class Simulator:
             while left > 0:
                 groups.append(min(left, draw.randint(lo, hi)))
                 left -= groups[-1]
-        return Plan(chat=chat, stream=bool(body.get("stream")), include_usage=bool(options.get("include_usage")),
+        return Plan(dialect=dialect, stream=stream, include_usage=include_usage,
                     n=n, finish=finish, prompt_tokens=prompt_tokens, canned=canned, fault=name, arg=arg,
                     reasoning=reasoning, groups=groups,
                     continuous_usage=bool(options.get("continuous_usage_stats")) and name != "no-usage")
 
-    async def answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
+    async def answer(self, request: web.Request, dialect: str) -> web.StreamResponse:
         t0 = request["arrival"] = _now()  # every deadline of this answer counts from here; --trace too
         if self.cfg.hidden_delay:  # a gateway in front of the engine part: the client waits, /metrics never
             when = t0 + self.cfg.hidden_delay
@@ -398,7 +445,7 @@ class Simulator:
             t0 = _now()  # the engine part's arrival
         try:
             fault = self.pick_fault(request)
-            plan = self.plan(await request.json(), chat, fault)
+            plan = self.plan(await request.json(), dialect, fault)
         except ValueError as exc:  # BadRequest, a bad X-Sim-Fault, or a body that is not JSON
             return _error(400, str(exc))
         name = plan.fault
@@ -415,17 +462,17 @@ class Simulator:
                 t0 += plan.arg
 
             if self.slots is None:
-                return await self.respond(request, plan, chat, t0, acct)
+                return await self.respond(request, plan, t0, acct)
             async with self.slots:  # a full server queues the request: its TTFT includes the wait
-                return await self.respond(request, plan, chat, max(t0, _now()), acct)
+                return await self.respond(request, plan, max(t0, _now()), acct)
         finally:
             acct.abort()  # nothing once it ended; else it was cut short (client gone, server stopping)
 
-    async def respond(self, request: web.Request, plan: Plan, chat: bool, t0: float, acct) -> web.StreamResponse:
+    async def respond(self, request: web.Request, plan: Plan, t0: float, acct) -> web.StreamResponse:
         name = plan.fault
         cfg = self.cfg
         acct.schedule(t0)  # it has its slot: running from now
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        rid = ("chatcmpl-" if plan.chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         if not plan.stream or name == "non-sse":
             when = t0 + cfg.ttft + max(plan.n - 1, 0) * cfg.itl
@@ -464,63 +511,57 @@ class Simulator:
             line.update(reasoning=plan.reasoning, per_event=plan.groups)
         os.write(self.trace_fd, (json.dumps(line) + "\n").encode())
 
+    def formatter(self, plan: Plan, rid: str, created: int):
+        """The dialect's event writer for this answer (the faults that change what it says applied)."""
+        fault = plan.fault
+        return FORMATTERS[plan.dialect](
+            rid, created, self.model_json, crlf=fault == "nospace-crlf", n=plan.n,
+            finish=None if fault == "no-finish" else plan.finish,
+            usage=None if fault == "no-usage" else plan.usage(plan.n), include_usage=plan.include_usage,
+            usage_on_finish=fault == "usage-on-finish",
+            text=lambda: self.answer_text(plan), model=self.cfg.model,
+            reasoning_field=self.reasoning_field(plan) or "reasoning_content",
+            continuous_usage=plan.continuous_usage, prompt_tokens=plan.prompt_tokens)
+
     def full_body(self, plan: Plan, rid: str, created: int) -> dict:
-        text = "".join(plan.token(i) for i in range(plan.n - plan.reasoning))
-        thought = "".join(_TOKENS[j % len(_TOKENS)] if j else _FIRST_TOKEN for j in range(plan.reasoning))
-        message = {"role": "assistant", "content": text}
-        if thought and plan.chat and self.cfg.reasoning_field != "think":
-            message[self.cfg.reasoning_field] = thought
-        elif thought:
-            message["content"] = text = f"<think>{thought}" + ("</think>" if text else "") + text
-        choice = ({"index": 0, "message": message} if plan.chat else {"index": 0, "text": text})
-        choice.update(logprobs=None, finish_reason=plan.finish)
-        body = {"id": rid, "object": "chat.completion" if plan.chat else "text_completion", "created": created,
-                "model": self.cfg.model, "choices": [choice]}
-        if plan.fault != "no-usage":
-            body["usage"] = plan.usage(plan.n)
+        field = self.reasoning_field(plan)
+        body = self.formatter(plan, rid, created).whole(self.answer_text(plan, with_thought=not field), plan.finish)
+        if field and plan.reasoning:  # the thought in a field of its own, as vLLM's reasoning parsers do
+            body["choices"][0]["message"][field] = "".join(_filler(j) for j in range(plan.reasoning))
         return body
+
+    def reasoning_field(self, plan: Plan) -> str | None:
+        """The delta field reasoning tokens go in; None: `<think>` text in the content (--reasoning-field
+        think, and the text dialects, which have no reasoning field)."""
+        return self.cfg.reasoning_field if plan.chat and self.cfg.reasoning_field != "think" else None
+
+    def answer_text(self, plan: Plan, with_thought: bool = True) -> str:
+        """The whole answer's text as streamed (the thought in `<think>` text unless it has a field)."""
+        text = "".join(plan.token(i) for i in range(plan.n - plan.reasoning))
+        if not (with_thought and plan.reasoning):
+            return text
+        thought = "".join(_filler(j) for j in range(plan.reasoning))
+        return f"<think>{thought}" + ("</think>" if text else "") + text
 
     def events(self, plan: Plan, rid: str, created: int):
         """Yield (offset from arrival in s, event bytes, content tokens in it) in order; faults bend the
-        sequence."""
+        sequence. The bytes come from the dialect's formatter (dialects.py)."""
         cfg, fault, n = self.cfg, plan.fault, plan.n
-        crlf = fault == "nospace-crlf"
-        sse, end = (b"data:", b"\r\n\r\n") if crlf else (b"data: ", b"\n\n")
-        keepalive = b": keep-alive\r\n\r\n" if crlf else b""
-        obj = b"chat.completion.chunk" if plan.chat else b"text_completion"
-        head = b'%s{"id":"%s","object":"%s","created":%d,"model":%s,' % (
-            sse, rid.encode(), obj, created, self.model_json)
-        open_, close = (b'"choices":[{"index":0,"delta":{"content":', b"}") if plan.chat else (
-            b'"choices":[{"index":0,"text":', b"")
-        pre = head + open_
-        post = close + b',"logprobs":null,"finish_reason":null}]}' + end
-        usage = json.dumps(plan.usage(n), separators=(",", ":")).encode()
-
-        think = cfg.reasoning_field == "think" or not plan.chat  # completions have no reasoning field
-        sent = 0  # tokens so far, for per-chunk usage
-
-        def _token_event(plan: Plan, texts: list[str], kind: str) -> bytes:
-            nonlocal sent
-            sent += len(texts)
-            text = _json("".join(texts))
-            if kind == "reasoning" and not think:
-                event = head + b'"choices":[{"index":0,"delta":{"%s":%s' % (cfg.reasoning_field.encode(), text)
-            else:
-                event = pre + text
-            if plan.continuous_usage:  # vLLM's continuous_usage_stats: the running count on every chunk
-                usage = b'{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}' % (
-                    plan.prompt_tokens, sent, plan.prompt_tokens + sent)
-                return event + close + b',"logprobs":null,"finish_reason":null}],"usage":%s}%s' % (usage, end)
-            return event + post
+        fmt = self.formatter(plan, rid, created)
+        keepalive = b": keep-alive\r\n\r\n" if fault == "nospace-crlf" else b""
+        ahead = b""  # what goes before an event: nothing before the very first one
 
         t = cfg.ttft
-        if plan.chat:
-            yield t, (head + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
-                      b'"logprobs":null,"finish_reason":null}]}' + end), 0
+        start = fmt.start()
+        if start is not None:
+            yield t, start, 0
+            ahead = keepalive
         groups = plan.groups or [1] * n
         cut = min(FEW, len(groups)) if fault == "reset-mid-stream" else -1
         bad = len(groups) // 2 if fault == "malformed-json" else -1
-        shift, first = 0.0, 0  # first: index of the event's first token
+        shift, first = 0.0, 0  # first: index of the event's first token (reasoning ones count)
+        think = self.reasoning_field(plan) is None
+        token, text, r = fmt.token, plan.token, plan.reasoning
         for i, k in enumerate(groups):
             if i == cut:
                 yield t, ABORT, 0
@@ -528,33 +569,40 @@ class Simulator:
             if fault == "stall" and i == FEW:
                 shift = plan.arg
             t = cfg.ttft + i * cfg.itl + shift
-            if first < plan.reasoning:
-                texts = [_TOKENS[j % len(_TOKENS)] if j else _FIRST_TOKEN for j in range(first, first + k)]
+            if first < r:
+                texts = [_filler(j) for j in range(first, first + k)]
                 if think and first == 0:
                     texts[0] = "<think>" + texts[0]
-                if think and first + k == plan.reasoning < n:  # closed when an answer follows
+                if think and first + k == r < n:  # closed when an answer follows
                     texts[-1] += "</think>"
-                event = _token_event(plan, texts, "reasoning")
-            elif k == 1 and not plan.continuous_usage:  # the usual stream: prepared bytes, no json.dumps
-                event = pre + plan.token_json(first - plan.reasoning) + post
-                sent += 1
+                event = token(first, texts, "content" if think else "reasoning")
+            elif k == 1:
+                event = token(first, [text(first - r)], "content")
             else:
-                event = _token_event(plan, [plan.token(j - plan.reasoning) for j in range(first, first + k)], "content")
+                event = token(first, [text(j - r) for j in range(first, first + k)], "content")
             first += k
             if i == bad:
-                event = event[: len(event) // 2] + end
-            yield t, keepalive + event if i or plan.chat else event, k
+                event = event[: len(event) // 2] + fmt.nl
+            yield t, ahead + event, k
+            ahead = keepalive
         if cut == len(groups):
             yield t, ABORT, 0
             return
-        if fault != "no-finish":
-            usage_here = b',"usage":' + usage if fault == "usage-on-finish" else b""
-            yield t, keepalive + pre + b'""' + close + b',"logprobs":null,"finish_reason":"%s"}]%s}%s' % (
-                plan.finish.encode(), usage_here, end), 0
-        if plan.include_usage and fault not in ("no-usage", "usage-on-finish"):
-            yield t, keepalive + head + b'"choices":[],"usage":' + usage + b"}" + end, 0
-        if fault != "no-done":
-            yield t, keepalive + sse + b"[DONE]" + end, 0
+        for event in (fmt.finish(), fmt.usage(), None if fault == "no-done" else fmt.end()):
+            if event is not None:
+                yield t, ahead + event, 0
+                ahead = keepalive
+
+
+def _prompt_text(prompt, field: str) -> str:
+    """A text prompt (a string; a list of strings or of token ids, as /v1/completions takes)."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return " ".join(prompt)
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        return " ".join(map(str, prompt))  # token ids: one word each
+    raise BadRequest(f"{field}: a string is required")
 
 
 def _error(status: int, message: str) -> web.Response:
