@@ -291,3 +291,43 @@ def test_rows_per_stage_by_hand():
     assert tables.common_dict(res)["Total Reasoning Tokens"] == {"total": 1, "s1": 1, "s2": 0}
     # the aisbench profile keeps AISBench's layout
     assert "TTFO" not in set(metrics.compute([a, b], profile="aisbench").perf["Performance Parameters"])
+
+
+# ------------------------------------------------------------------------------------ on every dialect
+
+
+@pytest.mark.parametrize("backend", ["openai-chat", "openai", "tgi", "mindie", "triton"])
+def test_reasoning_and_multi_token_events_on_every_dialect(start_sim, tmp_path, backend):
+    """The simulator's reasoning and 2-token events in each dialect (as <think> text where the dialect has
+    no reasoning field): the client splits the thought out, times the first answer token as the trace
+    says it left, and counts 2 tokens per event."""
+    trace = tmp_path / "trace.jsonl"
+    sim = start_sim("--ttft-ms", "20", "--itl-ms", "10", "--reasoning-tokens", "4", "--tokens-per-event", "2",
+                    "--trace", str(trace))
+    cfg = RunConfig(output_dir=str(tmp_path / "runs"), max_out_len=N_TOKENS, backend=backend, model="llm-sim",
+                    ignore_eos=backend in ("openai-chat", "openai", "triton"))
+    run = Run(cfg, "llm-sim", sim.url)
+    client = ChatClient(sim.url, backend=backend, model="llm-sim")
+    body = build_body(PROMPT, cfg, "llm-sim")
+    with RunQueueWait(sim.pid) as rq:
+        recs = [run.record(client.send(body), PROMPT, "w", 0) for _ in range(3)]
+    client.close()
+    run.sink.close()
+    assert all(r["success"] for r in recs), [r["error"] for r in recs]
+    truth = read_trace(trace, [r["request_id"] for r in recs])
+    late = min(10 + 4 * rq.ms, 40) / 1000
+    for rec in recs:
+        line = truth[rec["request_id"]]
+        assert line["reasoning"] == 4 and line["per_event"][:2] == [2, 2]
+        kinds = [rec["events"][i][1] for i in token_events(rec)]
+        assert kinds[:2] == [REASONING, REASONING] and set(kinds[2:]) == {CONTENT}, kinds
+        ttft = rec["events"][token_events(rec)[0]][0]
+        ttfo = next(e[0] for e in rec["events"] if e[1] == CONTENT)
+        assert abs((ttfo - ttft) - (line["tokens"][4] - line["tokens"][0])) < late, (ttfo, ttft, line)
+        counted = [k for k, i in zip(rec["event_tokens"], range(len(rec["events"]))) if i in token_events(rec)]
+        # the answer's 8 tokens in 4 events of 2; the thought's events hold 2 simulator tokens, and the
+        # tokenizer also counts the <think> tags where the thought is text (as a real engine would)
+        assert counted[2:] == [2] * 4, (rec["event_tokens"], rec["event_token_source"])
+        assert counted[:2] == ([2, 2] if backend == "openai-chat" else [3, 3]), rec["event_tokens"]
+    res = report(run.dir, html=False, echo=False)
+    assert row(res, "TokensPerEvent")["Median"] == 2
