@@ -169,3 +169,21 @@ def test_gsm8k_all_mode_scores_real_completions(tmp_path, server):
     assert rescored == written
     assert open(summary_path).read() == summary  # the time string is the run's, not the scoring's
     assert np.isclose(rescored["accuracy"], 100 * rescored["counts"]["accuracy_correct"] / 8)
+
+
+def test_completions_backend_streams_text_events(tmp_path, server):
+    """--backend openai: llama-server's /v1/completions, the prompt sent as text (no chat template)."""
+    res = run_locust(tmp_path, "--host", server.url, "--model", "", "--backend", "openai", "-u", "2", "-r", "2",
+                     "--num-requests", "4", "-t", "240s", "--dataset", "synthetic", "--input-len", "fixed:64",
+                     "--max-out-len", "16", "--ignore-eos", timeout=300)
+    run, ok = check_run(res, tmp_path, server)
+    assert json.load(open(os.path.join(run, "config.json")))["backend"] == "openai"
+    assert len(ok) == 4 and {r["finish_reason"] for r in ok} == {"length"}
+    assert {r["output_tokens"] for r in ok} == {16}
+    for r in ok:
+        kinds = [e[1] for e in r["events"]]
+        # one text chunk per token (what the server counted), then the finish chunk(s): no role chunk
+        assert "role" not in kinds and kinds.count("content") == 16, kinds
+        assert r["input_tokens"] > 40 and r["completion"]
+    rows, _ = perf_files(run)
+    assert value(rows["OutputTokens"][2]) == 16 and value(rows["TTFT"][2]) > 0
