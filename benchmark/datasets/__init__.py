@@ -20,6 +20,7 @@ class Prompt:
     messages: list[dict]
     reference: str | None = None   # the gold answer, for scored datasets
     max_tokens: int | None = None  # per-prompt output length (synthetic lengths, custom files)
+    t_sched_s: float | None = None  # when to send it, s on the trace's timeline (--dataset trace)
 
 
 class Prompts(list):
