@@ -247,7 +247,8 @@ def prefix_length(input_len="fixed:128", prefix_tokens: int = 0, prefix_ratio: f
     """The shared prefix's length in tokens from --prefix-tokens or --prefix-ratio (not both), checked
     against --input-len and --prefix-groups. Raises DatasetError with one line."""
     in_dist = parse_dist(input_len, "--input-len")
-    P, R, G = int(prefix_tokens or 0), float(prefix_ratio or 0.0), int(prefix_groups or 1)
+    P, R = int(prefix_tokens or 0), float(prefix_ratio or 0.0)
+    G = 1 if prefix_groups is None else int(prefix_groups)
     if P < 0:
         raise DatasetError(f"--prefix-tokens: must not be negative; got '{P}'")
     if not (math.isfinite(R) and 0 <= R < 1):

@@ -10,7 +10,7 @@ Formats (by extension, then by header):
   Azure LLM inference traces (`TIMESTAMP`, `ContextTokens`, `GeneratedTokens`; datetime timestamps),
   BurstGPT (`Timestamp` in s, `Request tokens`, `Response tokens`; its other columns are ignored, and
   rows with 0 response tokens, failed requests in BurstGPT, are left out and counted).
-Timeline: t = 0 is the trace's earliest request. `start_s` and `window_s` cut the window
+Timeline: t = 0 is the trace's earliest request (a CSV row left out included: the timeline is the file's). `start_s` and `window_s` cut the window
 [start_s, start_s + window_s) of the trace's own time, then `speed` scales it (2 = twice as fast):
 t = (time since the first request - start_s) / speed. Requests are sorted by time (ties keep file
 order); `num` keeps the first N of the window.
@@ -18,7 +18,8 @@ order); `num` keeps the first N of the window.
 `prompt_for(req, tokenizer)` builds the prompt text. Each hash id is a block of single-token words
 (the word tables of synthetic.py: every word costs one token after a space, so a prompt of n words is
 n tokens and block boundaries never merge), fixed by the id alone: its first 5 words spell the id
-(so different ids differ within their first 5 tokens), the rest is filler drawn from a generator
+(through a bijection of 64-bit numbers; other ids are hashed to 64 bits; so different ids differ
+within their first 5 tokens), the rest is filler drawn from a generator
 seeded by the id. A partial last block is the first tokens of that id's full block. So equal ids at
 the same position give identical token blocks, exactly, in the chosen tokenizer. The prompt's very
 first word is written without a space before it (a chat template may trim one): its token is then
@@ -101,11 +102,14 @@ def load(path: str, speed: float = 1.0, start_s: float = 0.0, window_s: float | 
         raise DatasetError(f"--dataset-path {path}: expected a trace .jsonl (Mooncake/AISBench) or .csv "
                            "(Azure, BurstGPT)")
     dropped: dict = {}
-    rows, kind = (_jsonl(path), "Mooncake/AISBench JSONL") if ext == ".jsonl" else _csv(path, dropped)
+    if ext == ".jsonl":
+        rows, kind = _jsonl(path), "Mooncake/AISBench JSONL"
+        t0 = min((r[0] for r in rows), default=0.0)
+    else:
+        rows, kind, t0 = _csv(path, dropped)   # t0: the earliest row, a left-out one included
     if not rows:
         raise DatasetError(f"{path}: no requests in the trace")
     rows.sort(key=lambda r: r[0])          # stable: ties keep file order
-    t0 = rows[0][0]
     end = start_s + window_s if window_s is not None else math.inf
     kept = [r for r in rows if start_s <= r[0] - t0 < end]
     if not kept:
@@ -120,7 +124,7 @@ def load(path: str, speed: float = 1.0, start_s: float = 0.0, window_s: float | 
     window = (f"; window {start_s:g} s to " + ("end" if window_s is None else f"{end:g} s")
               if start_s or window_s is not None else "")
     return Traces(reqs, source=f"trace, {kind} {path}: {len(reqs)} of {len(rows)} requests"
-                               f"{window}, speed x{speed:g}, {reqs[-1].t:.3f} s of schedule",
+                               f"{window}, speed x{speed:g}, the last sent at {reqs[-1].t:.3f} s",
                   dropped={k: v for k, v in dropped.items() if v})
 
 
@@ -184,7 +188,7 @@ def _mooncake(where: str, row: dict) -> tuple:
     return ts / 1000.0, n_in, n_out, tuple(ids), None
 
 
-def _csv(path: str, dropped: dict) -> tuple[list[tuple], str]:
+def _csv(path: str, dropped: dict) -> tuple[list[tuple], str, float]:
     import pandas as pd
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -234,7 +238,8 @@ def _csv(path: str, dropped: dict) -> tuple[list[tuple], str]:
     t = secs.to_numpy(dtype=float)[keep]
     n_in = lens[in_col].to_numpy()[keep]
     n_out = lens[out_col].to_numpy()[keep]
-    return [(float(a), int(b), int(c), None, None) for a, b, c in zip(t, n_in, n_out)], kind
+    rows = [(float(a), int(b), int(c), None, None) for a, b, c in zip(t, n_in, n_out)]
+    return rows, kind, float(secs.min()) if len(secs) else 0.0
 
 
 def _first_bad(path: str, bad, col: str, what: str, raw) -> None:
@@ -267,7 +272,9 @@ class _Blocks:
         """The first n words of the block `key` (a 64-bit number)."""
         got = self.cache.get(key)
         if got is None or len(got) < n:
-            spell, rest = [self.heads[key % len(self.heads)]], key // len(self.heads)
+            # an odd multiplier mod 2^64 is a bijection: ids stay distinct, small ones spread out
+            mixed = (key * 0x9E3779B97F4A7C15) % (1 << 64)
+            spell, rest = [self.heads[mixed % len(self.heads)]], mixed // len(self.heads)
             for _ in range(ID_WORDS - 1):
                 spell.append(self.mid[rest % len(self.mid)])
                 rest //= len(self.mid)
