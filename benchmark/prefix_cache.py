@@ -101,3 +101,9 @@ def describe(token_id_lists: Iterable[Sequence[int]], block: int = DEFAULT_BLOCK
     rate, cached, total = theoretical_hit_rate(token_id_lists, block)
     return (f"Prefix cache: theoretical hit rate {100 * rate:.1f} % (block {block}) for the prompts in "
             f"send order ({cached} of {total} prompt tokens)")
+
+
+def describe_prompts(prompts, tokenizer, block: int = DEFAULT_BLOCK) -> str:
+    """The console line for a list of Prompts in send order, tokenized as the server sees them (this
+    encodes every prompt: about 8 s per million tokens on a busy 2-core machine)."""
+    return describe(prompt_token_ids(tokenizer, prompts), block)

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from benchmark import prefix_cache
 from benchmark.datasets import DatasetError, Prompts, add_arguments, describe, load, parse_options
@@ -273,7 +274,7 @@ def lcp_hit_rate(token_lists, block):
     cached = total = 0
     for i, t in enumerate(token_lists):
         best = max((lcp(t, token_lists[j]) for j in range(i)), default=0)
-        cached += min(best, len(t) - 1) // block * block
+        cached += max(0, min(best, len(t) - 1)) // block * block
         total += len(t)
     return cached, total
 
@@ -481,3 +482,23 @@ def test_multi_turn_only_with_conversation_datasets():
         with pytest.raises(DatasetError) as e:
             load(name, None)
         assert one_line(e).startswith(f"--dataset {name} needs --dataset-path")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2), min_size=0, max_size=40), max_size=12), st.sampled_from([1, 2, 3, 16]))
+def test_hit_rate_equals_longest_common_prefix_rule(token_lists, block):
+    """The block chain and the longest-common-prefix rule agree on any prompts (a small alphabet makes
+    prefixes collide often)."""
+    rate, cached, total = theoretical_hit_rate(token_lists, block)
+    assert (cached, total) == lcp_hit_rate(token_lists, block)
+    assert rate == (cached / total if total else 0.0)
+
+
+def test_describe_lines(tok):
+    convs = load("conversations", CONVS)
+    assert describe(convs) == conversations.describe(convs)
+    prompts = load("synthetic", None, 4, "fixed:40", tokenizer=tok, prefix_tokens=32)
+    # 3 prompts after the first hit the 32 shared tokens (2 blocks of 16) of 160
+    assert prefix_cache.describe_prompts(prompts, tok) == (
+        "Prefix cache: theoretical hit rate 60.0 % (block 16) for the prompts in send order "
+        "(96 of 160 prompt tokens)")

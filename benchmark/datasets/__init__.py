@@ -35,6 +35,9 @@ class Prompts(list):
 
 def describe(prompts: list) -> str:
     """One console line: how many prompts, from what, and how many items a filter left out and why."""
+    from .conversations import Conversations, describe as describe_conversations
+    if isinstance(prompts, Conversations):
+        return describe_conversations(prompts)
     source = getattr(prompts, "source", "")
     dropped = getattr(prompts, "dropped", {})
     line = f"Prompts: {len(prompts)} loaded" + (f" ({source})" if source else "")

@@ -267,6 +267,7 @@ class _Blocks:
             raise DatasetError("trace: this tokenizer has too few single-token words to build blocks; "
                                "use another --tokenizer")
         self.cache: dict[int, list[str]] = {}
+        self.texts: dict[int, str] = {}
 
     def words(self, key: int, n: int) -> list[str]:
         """The first n words of the block `key` (a 64-bit number)."""
@@ -285,6 +286,17 @@ class _Blocks:
                 self.cache.clear()
             self.cache[key] = got
         return got[:n]
+
+    def text(self, key: int, n: int, full: int) -> str:
+        """The block's text; full blocks' texts are kept (a trace repeats them)."""
+        if n != full:
+            return " ".join(self.words(key, n))
+        got = self.texts.get(key)
+        if got is None:
+            if len(self.texts) > 100_000:
+                self.texts.clear()
+            got = self.texts[key] = " ".join(self.words(key, n))
+        return got
 
 
 _blocks: dict[int, _Blocks] = {}
@@ -311,14 +323,13 @@ def prompt_for(req: TraceRequest, tokenizer, block_tokens: int = BLOCK_TOKENS) -
         text = req.text
     else:
         blocks = _blocks_for(tokenizer)
-        words: list[str] = []
         if req.hash_ids:
             last = req.input_tokens - block_tokens * (len(req.hash_ids) - 1)
-            for k, h in enumerate(req.hash_ids):
-                words += blocks.words(_key(h), block_tokens if k < len(req.hash_ids) - 1 else last)
+            # words are joined by single spaces, so joining block texts by one gives the same text
+            text = " ".join(blocks.text(_key(h), block_tokens if k < len(req.hash_ids) - 1 else last,
+                                        block_tokens) for k, h in enumerate(req.hash_ids))
         else:
-            words = blocks.words(_key(f"trace request {req.index}"), req.input_tokens)
-        text = " ".join(words)
+            text = " ".join(blocks.words(_key(f"trace request {req.index}"), req.input_tokens))
     return Prompt(index=req.index, messages=[{"role": "user", "content": text}],
                   max_tokens=req.output_tokens or None, t_sched_s=req.t)
 
