@@ -440,15 +440,13 @@ def test_add_arguments_registers_string_options():
                      "--multi-turn"]
     assert all((isinstance(kw["default"], str) or kw.get("action") == "store_true") and kw.get("help")
                for _, kw in calls)
-    rest = {"prefix_ratio": 0.0, "prefix_groups": 1, "trace_speed": 1.0, "trace_start": 0.0,
-            "trace_window": None, "multi_turn": False}  # issue 16's options, at their defaults
     o = p.parse_args([])
     assert parse_options(o) == {"prompt_style": "4shot", "subset": "test", "input_len": "fixed:128",
-                                "output_len": "", "prefix_tokens": 0, **rest}
+                                "output_len": "", "prefix_tokens": 0}
     o = p.parse_args(["--prompt-style", "0shot", "--subset", "demo", "--input-len", "uniform:10:20",
                       "--output-len", "64", "--prefix-tokens", "5"])
     assert parse_options(o) == {"prompt_style": "0shot", "subset": "demo", "input_len": "uniform:10:20",
-                                "output_len": "fixed:64", "prefix_tokens": 5, **rest}
+                                "output_len": "fixed:64", "prefix_tokens": 5}
     assert DATASETS == ("synthetic", "gsm8k", "custom", "sharegpt", "trace", "conversations")
 
 

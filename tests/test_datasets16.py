@@ -240,6 +240,7 @@ def test_trace_through_options(tok):
     opts = parse_options(p.parse_args(["--dataset", "trace", "--trace-speed", "4", "--trace-start", "2",
                                        "--trace-window", "8"]))
     assert (opts["trace_speed"], opts["trace_start"], opts["trace_window"]) == (4.0, 2.0, 8.0)
+    assert "multi_turn" not in opts and "prefix_groups" not in opts   # defaults: left out of the config
     prompts = load("trace", MOONCAKE, tokenizer=tok, **opts)
     expect = trace.load(MOONCAKE, speed=4, start_s=2, window_s=8)
     assert [q.t_sched_s for q in prompts] == [r.t for r in expect] and 0 < len(prompts) < 40
@@ -340,6 +341,10 @@ def test_prefix_groups_and_ratio_share_exactly_the_asked_prefix(tok):
     (["--trace-start", "-3"], "--trace-start: seconds into the trace, must not be negative"),
     (["--trace-window", "0"], "--trace-window: seconds of the trace to replay, must be positive"),
     (["--dataset", "synthetic", "--multi-turn"], "--multi-turn: runs the conversations of --dataset sharegpt"),
+    (["--dataset", "sharegpt", "--prefix-groups", "2", "--prefix-tokens", "4"],
+     "--prefix-groups: only for --dataset synthetic; got --dataset sharegpt"),
+    (["--dataset", "synthetic", "--trace-speed", "2"], "--trace-speed: only for --dataset trace; got --dataset synthetic"),
+    (["--dataset", "conversations", "--trace-window", "5"], "--trace-window: only for --dataset trace"),
 ])
 def test_option_errors_are_one_line(args, message):
     p, _ = parser()

@@ -97,8 +97,9 @@ def _opt(o, name: str, default: str) -> str:
 
 
 def parse_options(o) -> dict:
-    """The dataset options of the parsed options `o`, validated: keyword arguments for `load`.
-    Raises DatasetError with one line naming the option."""
+    """The dataset options of the parsed options `o`, validated: keyword arguments for `load` (the
+    newer ones, NEW_DEFAULTS, only when not at their default). Raises DatasetError with one line naming
+    the option."""
     from .synthetic import parse_dist
     style = _opt(o, "prompt_style", "4shot").lower()
     if style not in PROMPT_STYLES:
@@ -123,13 +124,31 @@ def parse_options(o) -> dict:
     multi = getattr(o, "multi_turn", False)
     multi = multi if isinstance(multi, bool) else str(multi).strip().lower() in ("1", "true", "yes", "on")
     dataset = _opt(o, "dataset", "")
+    # options of one dataset set on another would be silently ignored: refuse them (defaults pass)
+    if dataset and dataset != "synthetic":
+        for flag, value, default in (("--prefix-ratio", ratio, 0.0), ("--prefix-groups", groups, 1)):
+            if value != default:
+                raise DatasetError(f"{flag}: only for --dataset synthetic; got --dataset {dataset}")
+    if dataset and dataset != "trace":
+        for flag, value, default in (("--trace-speed", speed, 1.0), ("--trace-start", start, 0.0),
+                                     ("--trace-window", window, None)):
+            if value != default:
+                raise DatasetError(f"{flag}: only for --dataset trace; got --dataset {dataset}")
     if multi and dataset and dataset not in ("sharegpt", "conversations"):
         raise DatasetError(f"--multi-turn: runs the conversations of --dataset sharegpt (or use --dataset "
                            f"conversations); got --dataset {dataset}")
-    return {"prompt_style": style, "subset": subset, "input_len": input_len.spec,
-            "output_len": output_len, "prefix_tokens": prefix, "prefix_ratio": ratio,
-            "prefix_groups": groups, "trace_speed": speed, "trace_start": start, "trace_window": window,
-            "multi_turn": multi}
+    out = {"prompt_style": style, "subset": subset, "input_len": input_len.spec,
+           "output_len": output_len, "prefix_tokens": prefix}
+    # issue 16's options only when set: a run without them keeps the prompt configuration (and so the
+    # `version` hash that compare checks) of the runs before them
+    new = {"prefix_ratio": ratio, "prefix_groups": groups, "trace_speed": speed, "trace_start": start,
+           "trace_window": window, "multi_turn": multi}
+    out.update({k: v for k, v in new.items() if v != NEW_DEFAULTS[k]})
+    return out
+
+
+NEW_DEFAULTS = {"prefix_ratio": 0.0, "prefix_groups": 1, "trace_speed": 1.0, "trace_start": 0.0,
+                "trace_window": None, "multi_turn": False}
 
 
 def _number(o, name: str, default: str, kind, flag: str, what: str):
