@@ -1,7 +1,8 @@
 """Prompt sources. Every loader returns a list of Prompt; `load(name, ...)` picks one by name.
 
 Options API (for benchmark/options.py): `add_arguments(add)` registers the dataset options through
-`add(flag, **argparse_kwargs)` (string values, string defaults); `parse_options(o)` validates them into
+`add(flag, **argparse_kwargs)` (string values, string defaults; `--multi-turn` a store_true flag);
+`parse_options(o)` validates them into
 keyword arguments of `load` (plain JSON-able values, safe to keep in config.json).
 """
 from __future__ import annotations

@@ -108,7 +108,8 @@ def load(path: str, speed: float = 1.0, start_s: float = 0.0, window_s: float | 
     else:
         rows, kind, t0 = _csv(path, dropped)   # t0: the earliest row, a left-out one included
     if not rows:
-        raise DatasetError(f"{path}: no requests in the trace")
+        left = ", ".join(f"{n} {reason}" for reason, n in dropped.items() if n)
+        raise DatasetError(f"{path}: no requests in the trace" + (f" (left out: {left})" if left else ""))
     rows.sort(key=lambda r: r[0])          # stable: ties keep file order
     end = start_s + window_s if window_s is not None else math.inf
     kept = [r for r in rows if start_s <= r[0] - t0 < end]
