@@ -507,3 +507,14 @@ def test_describe_lines(tok):
     assert prefix_cache.describe_prompts(prompts, tok) == (
         "Prefix cache: theoretical hit rate 60.0 % (block 16) for the prompts in send order "
         "(96 of 160 prompt tokens)")
+
+
+def test_readme_figure_for_the_shipped_trace(tok):
+    """The hit rate README states for the shipped trace is the one computed here."""
+    import re
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    stated = re.search(r"mooncake_trace\.jsonl` \(40 requests over\s+19 s sharing prefixes; theoretical hit rate "
+                       r"([\d.]+) % at block 16", text)
+    assert stated, "README no longer states the shipped trace's hit rate"
+    rate, _, _ = theoretical_hit_rate(prompt_token_ids(tok, load("trace", MOONCAKE, tokenizer=tok)), 16)
+    assert f"{100 * rate:.1f}" == stated.group(1)
