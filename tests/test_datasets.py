@@ -435,8 +435,11 @@ def parser_with_options():
 def test_add_arguments_registers_string_options():
     p, calls = parser_with_options()
     flags = [c[0] for c in calls]
-    assert flags == ["--prompt-style", "--subset", "--input-len", "--output-len", "--prefix-tokens"]
-    assert all(isinstance(kw["default"], str) and kw.get("help") for _, kw in calls)
+    assert flags == ["--prompt-style", "--subset", "--input-len", "--output-len", "--prefix-tokens",
+                     "--prefix-ratio", "--prefix-groups", "--trace-speed", "--trace-start", "--trace-window",
+                     "--multi-turn"]
+    assert all((isinstance(kw["default"], str) or kw.get("action") == "store_true") and kw.get("help")
+               for _, kw in calls)
     o = p.parse_args([])
     assert parse_options(o) == {"prompt_style": "4shot", "subset": "test", "input_len": "fixed:128",
                                 "output_len": "", "prefix_tokens": 0}
@@ -444,7 +447,7 @@ def test_add_arguments_registers_string_options():
                       "--output-len", "64", "--prefix-tokens", "5"])
     assert parse_options(o) == {"prompt_style": "0shot", "subset": "demo", "input_len": "uniform:10:20",
                                 "output_len": "fixed:64", "prefix_tokens": 5}
-    assert DATASETS == ("synthetic", "gsm8k", "custom", "sharegpt")
+    assert DATASETS == ("synthetic", "gsm8k", "custom", "sharegpt", "trace", "conversations")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -479,8 +482,9 @@ def test_load_by_name_with_parsed_options(tok):
 def test_load_errors():
     with pytest.raises(DatasetError) as e:
         load("mmlu")
-    assert one_line(e) == "--dataset: unknown dataset 'mmlu'; choose from: synthetic, gsm8k, custom, sharegpt"
-    for name in ("gsm8k", "custom", "sharegpt"):
+    assert one_line(e) == ("--dataset: unknown dataset 'mmlu'; choose from: synthetic, gsm8k, custom, sharegpt, "
+                           "trace, conversations")
+    for name in ("gsm8k", "custom", "sharegpt", "trace", "conversations"):
         with pytest.raises(DatasetError) as e:
             load(name, None)
         assert one_line(e).startswith(f"--dataset {name} needs --dataset-path")

@@ -24,7 +24,10 @@ first token (and the second, past the number of first words: about 22 000 for th
 tokenizer) spells the prompt's index through a seeded permutation of the word table, so a server's
 prefix cache can't fake a fast TTFT. With `prefix_tokens = P`, the first P tokens are the same in
 every prompt (for prefix-cache tests); P is part of the input length, so it must be smaller than the
-shortest input length.
+shortest input length. With `prefix_groups = G`, prompt i belongs to group i mod G (round-robin, so
+groups interleave in send order) and the P shared tokens are the same within a group and differ
+between groups from their first token on. `prefix_ratio = R` sets P = round(R x the mean input
+length) instead (the share of the input that is shared, as a whole); see `prefix_length`.
 The output length becomes the prompt's `max_tokens` (send it with ignore_eos for exact outputs).
 Since every word is one token and words are separated by single spaces, a whitespace word count (the
 built-in simulator's prompt_tokens) equals the token count too.
@@ -239,8 +242,42 @@ def word_table(tok, need: int = 0) -> WordTable:
 
 # ------------------------------------------------------------------------------------ prompts
 
+def prefix_length(input_len="fixed:128", prefix_tokens: int = 0, prefix_ratio: float = 0.0,
+                  prefix_groups: int = 1) -> int:
+    """The shared prefix's length in tokens from --prefix-tokens or --prefix-ratio (not both), checked
+    against --input-len and --prefix-groups. Raises DatasetError with one line."""
+    in_dist = parse_dist(input_len, "--input-len")
+    P, R = int(prefix_tokens or 0), float(prefix_ratio or 0.0)
+    G = 1 if prefix_groups is None else int(prefix_groups)
+    if P < 0:
+        raise DatasetError(f"--prefix-tokens: must not be negative; got '{P}'")
+    if not (math.isfinite(R) and 0 <= R < 1):
+        raise DatasetError(f"--prefix-ratio: the shared share of each prompt, at least 0 and under 1; got '{R:g}'")
+    if G < 1:
+        raise DatasetError(f"--prefix-groups: must be at least 1; got '{G}'")
+    if P and R:
+        raise DatasetError("--prefix-tokens and --prefix-ratio both set the shared prefix's length: give one")
+    if G > 1 and not (P or R):
+        raise DatasetError(f"--prefix-groups {G}: needs --prefix-tokens or --prefix-ratio (the length each "
+                           "group shares)")
+    if R:
+        P = int(round(R * in_dist.mean()))
+        if P < 1:
+            raise DatasetError(f"--prefix-ratio {R:g}: a shared prefix of {R:g} x {in_dist.mean():g} tokens "
+                               "rounds to 0; raise it")
+        if P >= in_dist.lo:
+            raise DatasetError(f"--prefix-ratio {R:g}: a shared prefix of {P} tokens ({R:g} x the mean input "
+                               f"length) must be shorter than the shortest --input-len ({in_dist.lo} in "
+                               f"{in_dist.spec})")
+    elif P and P >= in_dist.lo:
+        raise DatasetError(f"--prefix-tokens: must be smaller than the shortest --input-len "
+                           f"({in_dist.lo} in {in_dist.spec}); got '{P}'")
+    return P
+
+
 def load(num_prompts: int, input_len="fixed:128", seed: int = 0, tokenizer=None,
-         output_len=None, prefix_tokens: int = 0) -> list[Prompt]:
+         output_len=None, prefix_tokens: int = 0, prefix_groups: int = 1,
+         prefix_ratio: float = 0.0) -> list[Prompt]:
     """`num_prompts` prompts whose content is exactly the sampled input length in tokens of
     `tokenizer` (default: the default tokenizer); `max_tokens` = sampled output length when
     `output_len` is given (else None: the request's --max-out-len applies)."""
@@ -248,16 +285,12 @@ def load(num_prompts: int, input_len="fixed:128", seed: int = 0, tokenizer=None,
     tok = tokenizer if tokenizer is not None else load_tokenizer(None)
     in_dist = parse_dist(input_len, "--input-len")
     out_dist = parse_dist(output_len, "--output-len") if output_len not in (None, "") else None
-    prefix_tokens = int(prefix_tokens or 0)
-    if prefix_tokens < 0:
-        raise DatasetError(f"--prefix-tokens: must not be negative; got {prefix_tokens}")
-    if prefix_tokens and prefix_tokens >= in_dist.lo:
-        raise DatasetError(f"--prefix-tokens: must be smaller than the shortest --input-len "
-                           f"({in_dist.lo} in {in_dist.spec}); got {prefix_tokens}")
+    prefix_tokens = prefix_length(in_dist, prefix_tokens, prefix_ratio, prefix_groups)
+    G = int(prefix_groups or 1)
     n = int(num_prompts)
     if n <= 0:
         return []
-    table = word_table(tok, need=n)
+    table = word_table(tok, need=max(n, G))
     first = np.array(table.first, dtype=object)
     mid = np.array(table.mid, dtype=object)
     pool = np.array(table.pool, dtype=object)
@@ -272,12 +305,17 @@ def load(num_prompts: int, input_len="fixed:128", seed: int = 0, tokenizer=None,
     # each prompt: [shared prefix (P words)] u0 [u1] filler...; u0 (and u1) spell the prompt's index
     P = prefix_tokens
     if P:
-        shared = pool[rng.integers(0, len(pool), size=P - 1)].tolist()
-        prefix = " ".join([first[rng.integers(F)]] + shared)
+        shared = pool[rng.integers(0, len(pool), size=(G, P - 1))].tolist()
+        if G == 1:
+            heads = [first[rng.integers(F)]]
+        elif G <= F:   # distinct first tokens: groups differ from their first token on
+            heads = first[rng.permutation(F)[:G]].tolist()
+        else:
+            raise DatasetError(f"--prefix-groups: at most {F} groups with this tokenizer; got {G}")
+        prefixes = [" ".join([heads[g]] + shared[g]) for g in range(G)]
         u0 = mid[perm_mid[idx % M]]
         u1 = mid[perm_mid[(idx // M) % M]]
     else:
-        prefix = ""
         u0 = first[perm_first[idx % F]]
         u1 = mid[perm_mid[(idx // F) % M]]
     n_fill = np.maximum(in_lens - P - 2, 0)
@@ -286,7 +324,7 @@ def load(num_prompts: int, input_len="fixed:128", seed: int = 0, tokenizer=None,
     texts = []
     start = 0
     for i in range(n):
-        words = [prefix] if P else []
+        words = [prefixes[i % G]] if P else []
         words.append(u0[i])
         if in_lens[i] - P > 1:
             words.append(u1[i])
