@@ -23,6 +23,8 @@ FIELDS = (
     "t_first_send", "resends", "retries",
     # after the stream, by event_tokens.annotate (see there): the reasoning/answer split, tokens per event
     "reasoning_tokens", "answer_tokens", "reasoning_token_source", "event_tokens", "event_token_source",
+    # multi-turn workloads (workloads/conversations.py): the conversation's id and the 1-based turn; None else
+    "conversation", "turn",
 )
 
 # event kinds, as DESIGN.md names them
