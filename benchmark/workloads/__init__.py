@@ -75,6 +75,12 @@ def prepare(session, loaded) -> str:
     return _module(kind(session.cfg)).prepare(session, loaded)
 
 
+def needs_chat(cfg) -> bool:
+    """The one check point for text-only backends: True when cfg's workload sends chat messages that a
+    completions-only endpoint can't take (the caller refuses such a backend with one line)."""
+    return _module(kind(cfg)).Workload.needs_chat
+
+
 def make(session) -> Workload:
     return _module(kind(session.cfg)).Workload(session)
 
