@@ -141,12 +141,60 @@ def test_conversations_are_sharded_by_index_and_num_requests_counts_turns():
     assert seen == [("c1", 1, 0), ("c3", 1, 1), ("c1", 2, 0)]  # odd indices only, 3 turns, then None
 
 
+def test_open_loop_arrivals_start_conversations_and_later_turns_follow_their_answers():
+    class Arrivals:  # what session.arrivals gives: the next arrival's scheduled epoch time
+        def __init__(self):
+            self.calls = 0
+
+        def next(self):
+            self.calls += 1
+            return 1000.0 + self.calls
+
+    s = session(convs(2, 3), think_time=0.05)
+    s.arrivals = Arrivals()
+    w, u = conv_wl.Workload(s), user()
+    sched = []
+    for _ in range(4):
+        r = w.next(u)
+        sched.append((r.conversation, r.turn, r.t_sched))
+        answered(w, u, r, "a")
+    assert s.arrivals.calls == 2  # one arrival per new conversation, none per later turn
+    assert sched[0] == ("c0", 1, 1001.0) and sched[3] == ("c1", 1, 1002.0)
+    assert [t for _, _, t in sched[1:3]] == sorted(t for _, _, t in sched[1:3])
+    assert sched[1][2] > 1e9  # turn 2: due after its think time (an epoch time), not an arrival
+
+
 def test_kind_and_the_chat_check_point():
     assert kind(RunConfig(dataset="conversations")) == "conversations"
     assert kind(RunConfig(dataset="sharegpt", multi_turn=True)) == "conversations"
     assert kind(RunConfig(dataset="sharegpt")) == "independent"
     assert needs_chat(RunConfig(dataset="conversations")) and not needs_chat(RunConfig())
     assert independent.Workload.defer and not conv_wl.Workload.defer
+
+
+@pytest.mark.parametrize("values, says", [
+    ({"dataset": "synthetic", "multi_turn": True}, "--multi-turn: needs --dataset sharegpt"),
+    ({"dataset": "conversations", "history": "model"}, "--history: expected one of real, recorded"),
+    ({"dataset": "conversations", "mode": "accuracy"}, "no gold answers to score"),
+    ({"dataset": "conversations", "think_time": "-1"}, "--think-time"),
+    ({"dataset": "conversations", "max_history_tokens": "lots"}, "--max-history-tokens"),
+])
+def test_bad_conversation_options_say_one_line(values, says):
+    from test_cli_edges import options
+    from benchmark.options import ConfigError
+    with pytest.raises(ConfigError, match=says.replace("-", r"\-")):
+        RunConfig.from_options(options(**values))
+    cfg = RunConfig.from_options(options(dataset="conversations", think_time="0.5", max_history_tokens="100",
+                                         history="recorded"))
+    assert (cfg.think_time, cfg.max_history_tokens, cfg.history) == (0.5, 100, "recorded")
+
+
+def test_a_conversation_run_without_its_file_stops_with_one_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--headless", "--output-dir",
+                          str(tmp_path), "--dataset", "conversations", "--dataset-path", str(tmp_path / "no.jsonl")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 2
+    assert "llm-testing: error: --dataset-path" in res.stderr and "Traceback" not in res.stderr
 
 
 # -- headless runs against the simulator ------------------------------------------------------------------
