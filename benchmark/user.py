@@ -34,7 +34,7 @@ from . import datasets, distributed, load, webui
 from .client import ChatClient, ClientError
 from .datasets import Prompt
 from .options import ConfigError, RunConfig, add_arguments
-from .records import TOKEN_KINDS
+from .records import figures as request_figures
 from .run import ReportError, build_body, stop_reason
 from .session import Session
 from .workloads import Request
@@ -44,22 +44,6 @@ log = logging.getLogger("llm-testing")
 # this process's one session (kept on Locust's events, so this file loaded twice still shares it)
 session = S = getattr(events, "_llm_testing_session", None) or Session()
 events._llm_testing_session = S
-
-
-def request_figures(rec: dict) -> dict:
-    """One record's per-request figures, DESIGN.md's default definitions (seconds; None where not
-    measured: a failure, a non-streamed answer)."""
-    events_ = rec.get("events") or []
-    tok = [e[0] for e in events_ if e[1] in TOKEN_KINDS]
-    e2el = events_[-1][0] if events_ and rec["success"] else None
-    streamed = rec["success"] and len(events_) > 1 and tok
-    out = rec.get("output_tokens") or 0
-    ttft = tok[0] if streamed else None
-    return {"ttft_s": ttft, "tpot_s": (e2el - ttft) / (out - 1) if streamed and out > 1 else None,
-            "itl_s": [b - a for a, b in zip(tok, tok[1:])] if streamed else [],
-            "e2el_s": e2el, "input_tokens": rec.get("input_tokens"), "output_tokens": rec.get("output_tokens"),
-            "stage": rec["stage"], "conversation": rec.get("conversation"), "turn": rec.get("turn"),
-            "success": rec["success"], "error": rec["error"] or None}
 
 
 def _die(msg: str, code: int = 2) -> None:

@@ -321,3 +321,34 @@ def test_a_subclass_with_its_own_prompt_source(tmp_path):
     assert sorted(r["prompt_index"] for r in recs) == [0, 1, 2, 3, 4, 5]
     assert all(r["input_tokens"] == 2 * (r["prompt_index"] + 1) for r in recs)
     assert all(r["output_tokens"] == 4 for r in recs)
+
+
+def test_figures_of_a_record():
+    from benchmark.records import figures, new_record
+    rec = new_record(success=True, output_tokens=3, input_tokens=9, stage="s", conversation="c", turn=2,
+                     events=[[0.0, "role", 0], [0.1, "content", 2], [0.15, "reasoning", 1], [0.3, "content", 2],
+                             [0.31, "usage", 0]])
+    f = figures(rec)
+    assert f["ttft_s"] == 0.1 and f["e2el_s"] == 0.31
+    assert f["itl_s"] == pytest.approx([0.05, 0.15]) and f["tpot_s"] == pytest.approx((0.31 - 0.1) / 2)
+    assert (f["conversation"], f["turn"], f["stage"], f["error"]) == ("c", 2, "s", None)
+    failed = figures(new_record(success=False, error="HTTP 500", events=[[0.2, "other", 0]]))
+    assert (failed["ttft_s"], failed["e2el_s"], failed["itl_s"], failed["error"]) == (None, None, [], "HTTP 500")
+
+
+def test_the_session_and_workloads_import_no_locust_and_the_wiring_registers_once():
+    no_locust = ("import sys, benchmark.session, benchmark.workloads.conversations, benchmark.workloads.independent\n"
+                 "assert not [m for m in sys.modules if m.split('.')[0] == 'locust'], 'locust imported'\n"
+                 "print('ok')\n")
+    once = ("import locust, importlib.util, benchmark.user as u\n"
+            "from locust import events\n"
+            "n = len(events.test_start._handlers), len(events.init._handlers)\n"
+            "spec = importlib.util.spec_from_file_location('benchmark.user_again', u.__file__)\n"
+            "again = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(again)\n"  # the same file loaded under another name
+            "assert (len(events.test_start._handlers), len(events.init._handlers)) == n, 'wired twice'\n"
+            "assert again.session is u.session and again.LLMUser.abstract\n"
+            "print('ok')\n")
+    for code in (no_locust, once):
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert res.stdout.strip() == "ok", res.stderr[-2000:]
