@@ -218,12 +218,12 @@ def write_answers(path, n=6, turns=3):
     return str(path)
 
 
-def headless(out, locustfile, *args, env=None, timeout=180):
+def headless(out, locustfile, *args, env=None, timeout=180, codes=(0,)):
     cmd = [sys.executable, "-m", "locust", "-f", locustfile, "--headless", "--output-dir", str(out),
            "--only-summary", *args]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
                          env={**os.environ, **(env or {})})
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode in codes, res.stderr[-3000:]
     (run,) = run_dirs(out)
     with open(os.path.join(run, "records.jsonl")) as f:
         return [json.loads(line) for line in f], res
@@ -352,3 +352,21 @@ def test_the_session_and_workloads_import_no_locust_and_the_wiring_registers_onc
     for code in (no_locust, once):
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+def test_a_failed_turn_ends_its_conversation_in_a_run(tmp_path, start_sim):
+    data = write_conversations(tmp_path / "c.jsonl", n=6, turns=3)
+    sim = start_sim("--ttft-ms", "2", "--itl-ms", "1", "--fault", "http-500", "--fault-every", "4")
+    recs, _ = headless(tmp_path / "out", LOCUSTFILE, "--host", sim.url, "-u", "1", "-r", "1",
+                       "--num-requests", "10", "--dataset", "conversations", "--dataset-path", data,
+                       codes=(1,))  # Locust's exit code when requests failed
+    recs.sort(key=lambda r: r["t_send"])
+    failed = [k for k, r in enumerate(recs) if not r["success"]]
+    assert len(recs) == 10 and len(failed) >= 2, [(r["conversation"], r["turn"], r["success"]) for r in recs]
+    for k in failed:
+        cid = recs[k]["conversation"]
+        assert not [r for r in recs[k + 1:] if r["conversation"] == cid]  # none of its later turns is sent
+        if k + 1 < len(recs):
+            assert recs[k + 1]["turn"] == 1 and recs[k + 1]["conversation"] != cid  # the next one starts
+    done = {r["conversation"] for r in recs if r["turn"] == 3 and r["success"]}
+    assert done  # the conversations without a failure ran to their last turn
