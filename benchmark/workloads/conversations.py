@@ -20,6 +20,7 @@ Rules:
 - Conversations are sharded across processes/workers by index, as prompts are, and a conversation is
   held by one user from its first turn to its last: it never moves between users or workers. In perf mode
   the shard's conversations cycle; a conversation's second pass is recorded as `ID~2`, and so on.
+- A user that a load shape removes (a --steps stage change) drops the rest of its conversation.
 - `--num-requests` and `--warmup` count turns. The next turn's body needs the previous answer, so a
   conversation's record is made at once (not by the idle worker).
 """
