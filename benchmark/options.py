@@ -18,7 +18,10 @@ from . import datasets as ds
 
 MODES = ("perf", "accuracy", "all")
 PROFILES = ("default", "aisbench", "vllm", "guidellm")  # metrics.PROFILES, without importing numpy here
-SCORED_DATASETS = ("gsm8k",)  # their default mode is `all`: latency and accuracy from one run
+SCORED_DATASETS = ("gsm8k",)
+# the prompt sources `--dataset` takes: the datasets' loaders, and conversations (workloads/conversations.py)
+DATASETS = tuple(dict.fromkeys((*ds.DATASETS, "conversations")))
+HISTORY = ("real", "recorded")  # workloads.conversations.HISTORY, without importing gevent here  # their default mode is `all`: latency and accuracy from one run
 
 
 class ConfigError(Exception):
@@ -68,6 +71,10 @@ class RunConfig:
     burstiness: float = 1.0
     server_metrics: str = ""          # "": the target's /metrics when it answers; "off"; or a URL
     server_metrics_interval: float = 1.0
+    multi_turn: bool = False          # --dataset sharegpt: whole conversations, not first turns
+    history: str = "real"             # conversations: the answers in the history: real | recorded
+    think_time: float | None = None   # conversations: fixed pause between turns (None: the data's think_s)
+    max_history_tokens: int = 0       # conversations: drop the oldest turns beyond this (0: no cap)
 
     @property
     def dataset_abbr(self) -> str:
@@ -93,7 +100,7 @@ class RunConfig:
 
     @classmethod
     def from_options(cls, o) -> "RunConfig":
-        dataset = _choice(o, "dataset", ds.DATASETS)
+        dataset = _choice(o, "dataset", DATASETS)
         given = _raw(o, "max_out_len") not in ("", None)
         mode = _raw(o, "mode") or ("all" if dataset in SCORED_DATASETS else "perf")
         cfg = cls(
@@ -136,6 +143,14 @@ class RunConfig:
             server_metrics_interval=(_number(o, "server_metrics_interval", float, 0.1, "seconds (at least 0.1)")
                                      if _raw(o, "server_metrics_interval") not in ("", None) else 1.0),
         )
+        cfg.multi_turn = _bool(o, "multi_turn")
+        cfg.history = _choice({"history": _raw(o, "history") or "real"}, "history", HISTORY)
+        if _raw(o, "think_time") not in ("", None):
+            cfg.think_time = _float(o, "think_time", 0.0)
+        if _raw(o, "max_history_tokens") not in ("", None):
+            cfg.max_history_tokens = _int(o, "max_history_tokens", 0)
+        if (cfg.multi_turn or dataset == "conversations") and cfg.mode != "perf":
+            raise ConfigError(f"--mode {cfg.mode}: conversations have no gold answers to score; use --mode perf")
         if _bool(o, "capacity_search"):
             from .load import parse_step_time
             if not cfg.slo:
@@ -172,6 +187,10 @@ def _backend(o) -> str:
 def _check_backend(cfg: "RunConfig") -> None:
     """Options the chosen dialect can't honour: one line each, before anything starts."""
     b = backends.get(cfg.backend)
+    from . import workloads  # here: workloads import the run, which imports these options
+    if not b.CHAT and workloads.needs_chat(cfg):
+        raise ConfigError(f"--backend {cfg.backend} sends one text prompt: conversations (--dataset conversations, "
+                          f"--multi-turn) need a chat backend (openai-chat), whose messages carry each turn's history")
     if cfg.ignore_eos and b.IGNORE_EOS is None:
         raise ConfigError(f"--ignore-eos: --backend {cfg.backend} has no request field for it (it would be "
                           "ignored and outputs end naturally); drop --ignore-eos or use another backend")
@@ -199,6 +218,7 @@ GROUPS = {
                     "--output-len", "--prefix-tokens", "--seed", "--tokenizer"),
     "LLM request": ("--backend", "--model", "--model-abbr", "--api-key", "--max-out-len", "--ignore-eos", "--temperature",
                     "--top-p", "--top-k", "--extra-body", "--no-stream"),
+    "LLM conversations": ("--multi-turn", "--history", "--think-time", "--max-history-tokens"),
     "LLM load shape": ("--steps", "--step-time", "--request-rate", "--burstiness", "--ramp-up-strategy",
                        "--ramp-up-start-rps", "--ramp-up-end-rps", "--capacity-search", "--slo-attainment",
                        "--search-max-users", "--num-requests", "--warmup"),
@@ -240,7 +260,8 @@ def add_arguments(parser) -> None:
     # for a secret (masked) field, so the key would be readable by anyone who can open the UI
     add("--api-key", default="", is_secret=True, ui=False,
         help="bearer token; default $OPENAI_API_KEY. Never written to any output or shown in the web UI")
-    add("--dataset", default="synthetic", help=f"prompt source: {' | '.join(ds.DATASETS)}")
+    add("--dataset", default="synthetic", help=f"prompt source: {' | '.join(DATASETS)} (conversations: a "
+        "multi-turn .jsonl file, README 'Conversations')")
     add("--dataset-path", default="", help="file or folder of the dataset")
     add("--num-prompts", default="0",
         help="prompts to load (0: dataset default: synthetic/sharegpt 1000, gsm8k/custom all)")
@@ -303,6 +324,12 @@ def add_arguments(parser) -> None:
         "and reconciled with what the client measured: default the target's /metrics when it answers; "
         "off; a URL; or a port of the target's host (engines that serve metrics on another port, e.g. MindIE)")
     add("--server-metrics-interval", default="1", help="seconds between two scrapes of --server-metrics")
+    add("--history", default="real", help="conversations: the answers a turn's history holds: real (the "
+        "model's own, default) | recorded (the dataset's, reproducible token counts)")
+    add("--think-time", default="", help="conversations: seconds between an answer and the next turn "
+        "(default: each turn's think_s from the data, else 0)")
+    add("--max-history-tokens", default="", help="conversations: drop the oldest whole turns beyond this many "
+        "history tokens (the system prompt and the new message kept; default: no cap)")
     add("--burstiness", default="1", help="open loop arrival shape: 1 Poisson, <1 burstier, "
         ">1 smoother, 0 constant")
 

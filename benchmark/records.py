@@ -23,11 +23,30 @@ FIELDS = (
     "t_first_send", "resends", "retries",
     # after the stream, by event_tokens.annotate (see there): the reasoning/answer split, tokens per event
     "reasoning_tokens", "answer_tokens", "reasoning_token_source", "event_tokens", "event_token_source",
+    # multi-turn workloads (workloads/conversations.py): the conversation's id and the 1-based turn; None else
+    "conversation", "turn",
 )
 
 # event kinds, as DESIGN.md names them
 ROLE, CONTENT, REASONING, USAGE, OTHER = "role", "content", "reasoning", "usage", "other"
 TOKEN_KINDS = (CONTENT, REASONING)
+
+
+def figures(rec: dict) -> dict:
+    """One finished record's per-request figures, DESIGN.md's default definitions (as the web UI tab's):
+    seconds, None where not measured (a failure, a non-streamed answer). What events.llm_request and
+    the `context` of Locust's request event carry (benchmark/user.py)."""
+    events_ = rec.get("events") or []
+    tok = [e[0] for e in events_ if e[1] in TOKEN_KINDS]
+    e2el = events_[-1][0] if events_ and rec["success"] else None
+    streamed = rec["success"] and len(events_) > 1 and tok
+    out = rec.get("output_tokens") or 0
+    ttft = tok[0] if streamed else None
+    return {"ttft_s": ttft, "tpot_s": (e2el - ttft) / (out - 1) if streamed and out > 1 else None,
+            "itl_s": [b - a for a, b in zip(tok, tok[1:])] if streamed else [],
+            "e2el_s": e2el, "input_tokens": rec.get("input_tokens"), "output_tokens": rec.get("output_tokens"),
+            "stage": rec["stage"], "conversation": rec.get("conversation"), "turn": rec.get("turn"),
+            "success": rec["success"], "error": rec["error"] or None}
 
 
 def new_record(**values) -> dict:

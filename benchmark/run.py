@@ -70,12 +70,14 @@ class Run:
         with open(os.path.join(self.dir, "config.json"), "w") as f:
             json.dump(self.config, f, indent=2)
 
-    def record(self, result: dict, prompt: Prompt, worker: str, user: int, stage: str = "total") -> dict:
+    def record(self, result: dict, prompt: Prompt, worker: str, user: int, stage: str = "total",
+               conversation: str | None = None, turn: int | None = None) -> dict:
         """Complete one request's fields into a record, write it, and return it."""
         usage = result.pop("usage", None) or {}
         chunk_usage = result.pop("chunk_usage", None)
         rec = new_record(id=self.seq, worker=worker, user=user, stage=stage, dataset=self.cfg.dataset_abbr,
-                         prompt_index=prompt.index, reference=prompt.reference, **result)
+                         prompt_index=prompt.index, reference=prompt.reference, conversation=conversation,
+                         turn=turn, **result)
         self.seq += 1
         if rec["success"]:
             self._count_tokens(rec, usage, prompt)
@@ -91,14 +93,16 @@ class Run:
             tally[0] += metrics.record_meets_slo(rec, self.cfg.slo)
             tally[1] += 1
 
-    def cancelled(self, result: dict, prompt: Prompt, worker: str, user: int, stage: str = "total") -> dict:
+    def cancelled(self, result: dict, prompt: Prompt, worker: str, user: int, stage: str = "total",
+                  conversation: str | None = None, turn: int | None = None) -> dict:
         """A request cut short by the test stopping: kept in cancelled.jsonl, never counted as a failure.
 
         (A distributed worker ships it with its records; `report` sets such records apart as well.)"""
         result.pop("usage", None)
         result.pop("chunk_usage", None)
         rec = new_record(id=self.seq, worker=worker, user=user, stage=stage, dataset=self.cfg.dataset_abbr,
-                         prompt_index=prompt.index, reference=prompt.reference, **result)
+                         prompt_index=prompt.index, reference=prompt.reference, conversation=conversation,
+                         turn=turn, **result)
         self.seq += 1
         self.cancelled_count += 1
         try:
@@ -121,7 +125,9 @@ class Run:
             text = rec["completion"] + rec["reasoning"]
             # an empty answer is 0 tokens: no need to load a tokenizer to say so
             out_tokens = tokens.count_output(self.tokenizer, text) if text else 0
-        if not in_tokens:
+        if not in_tokens and rec["conversation"] is not None:  # a turn: its history differs turn by turn
+            in_tokens = tokens.count_input(self.tokenizer, prompt.messages)
+        elif not in_tokens:
             if prompt.index not in self._input_counts:
                 if backends.get(self.cfg.backend).CHAT:
                     n = tokens.count_input(self.tokenizer, prompt.messages)
