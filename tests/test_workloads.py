@@ -374,3 +374,24 @@ def test_a_failed_turn_ends_its_conversation_in_a_run(tmp_path, start_sim):
             assert recs[k + 1]["turn"] == 1 and recs[k + 1]["conversation"] != cid  # the next one starts
     done = {r["conversation"] for r in recs if r["turn"] == 3 and r["success"]}
     assert done  # the conversations without a failure ran to their last turn
+
+
+def test_sharegpt_multi_turn_runs_whole_conversations(tmp_path, start_sim):
+    """--dataset sharegpt --multi-turn: each ShareGPT conversation sent turn by turn, the recorded
+    replies in the history (--history recorded), so every turn's prompt holds the ones before it."""
+    item = lambda cid, *pairs: {"id": cid, "conversations": [  # noqa: E731
+        {"from": f, "value": v} for q, a in pairs for f, v in (("human", q), ("gpt", a))]}
+    data = tmp_path / "sg.json"
+    data.write_text(json.dumps([item("a", ("one two", "three four five"), ("six", "seven")),
+                                item("b", ("alpha", "beta gamma"), ("delta epsilon", "zeta"), ("eta", "theta"))]))
+    sim = start_sim("--ttft-ms", "2", "--itl-ms", "1")
+    recs, res = headless(tmp_path / "out", LOCUSTFILE, "--host", sim.url, "-u", "1", "-r", "1",
+                         "--num-requests", "5", "--dataset", "sharegpt", "--dataset-path", str(data),
+                         "--multi-turn", "--history", "recorded")
+    assert all(r["success"] for r in recs) and len(recs) == 5
+    turns = defaultdict(list)
+    for r in recs:
+        turns[r["conversation"]].append((r["turn"], r["input_tokens"]))
+    # simulator usage counts the words of every message: the question plus the recorded history
+    assert sorted(turns) == ["a", "b"] and turns["a"] == [(1, 2), (2, 2 + 3 + 1)], turns
+    assert turns["b"] == [(1, 1), (2, 1 + 2 + 2), (3, 1 + 2 + 2 + 1 + 1)], turns
