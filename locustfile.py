@@ -326,6 +326,7 @@ def _on_test_start(environment, **_):
                         sink=distributed.ShippingSink(environment.runner))
         return
     State.run = Run(cfg, State.model, environment.host, extra)
+    State.run.prefix_theory(State.prompts, State.order, State.limit)  # theoretical prefix-cache hit rates
     if State.collector:
         State.collector.start()
     _start_scraper(cfg, environment.host, State.run.dir)

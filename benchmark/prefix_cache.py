@@ -82,15 +82,36 @@ def word_tokens(text: str) -> list[str]:
     return text.split()
 
 
-def chat_word_tokens(contents: Sequence[tuple[str, str]]) -> list[str]:
-    """The simulator's tokens of a chat request, from its messages' (role, text) in order: the words of
-    each message, the first word of each carrying its role, so the same words split into messages
-    differently give different tokens while the count stays the number of words (the usage count).
-    A message with no words leaves no mark."""
+def message_text(content) -> str:
+    """A chat message's content as the simulator reads it: a string, or the text parts of a list, joined
+    with spaces."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return ""
+
+
+def chat_word_tokens(messages: Sequence[dict]) -> list[str]:
+    """The simulator's tokens of a chat request's messages, in order: the words of each message, the
+    first word of each carrying its role, so the same words split into messages differently give
+    different tokens while the count stays the number of words (the usage count). A message with no
+    words leaves no mark."""
     out = []
-    for role, text in contents:
-        words = text.split()
+    for m in messages:
+        role, words = m.get("role"), message_text(m.get("content")).split()
         if words:
             words[0] = f"<{role}>{words[0]}"
             out += words
     return out
+
+
+def request_words(body: dict, dialect: str) -> list[str]:
+    """The simulator's tokens of a request body in a dialect of benchmark/backends (what its cache keys):
+    the chat messages' words as `chat_word_tokens` marks them, else the prompt text's words."""
+    if dialect == "openai-chat":
+        return chat_word_tokens(body.get("messages") or [])
+    prompt = body.get({"openai": "prompt", "triton": "text_input"}.get(dialect, "inputs"))
+    if isinstance(prompt, list):  # /v1/completions takes a list of strings or token ids: one text
+        prompt = " ".join(map(str, prompt))
+    return word_tokens(prompt) if isinstance(prompt, str) else []

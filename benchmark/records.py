@@ -23,6 +23,8 @@ FIELDS = (
     "t_first_send", "resends", "retries",
     # after the stream, by event_tokens.annotate (see there): the reasoning/answer split, tokens per event
     "reasoning_tokens", "answer_tokens", "reasoning_token_source", "event_tokens", "event_token_source",
+    # usage.prompt_tokens_details.cached_tokens: prompt tokens the server's prefix cache found (None: not sent)
+    "cached_tokens",
 )
 
 # event kinds, as DESIGN.md names them

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from ..prefix_cache import PrefixCache, block_keys, chat_word_tokens, max_hit_blocks, word_tokens
+from ..prefix_cache import PrefixCache, block_keys, chat_word_tokens, max_hit_blocks, message_text, word_tokens
 from .dialects import FORMATTERS
 from .faults import ABORT, FEW, HTTP_ERRORS, parse_fault
 from .metrics import Shared, Stats
@@ -80,13 +80,7 @@ def load_answers(path: str) -> list[tuple[str, list[str], list[bytes]]]:
     return answers
 
 
-def _text(content) -> str:
-    """Message content as text: a string, or the text parts of a multimodal list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-    return ""
+_text = message_text  # message content as text: a string, or the text parts of a multimodal list
 
 
 BATCH_BYTES = 64 * 1024  # most bytes written to one stream per tick (matters at ITL 0)
@@ -390,8 +384,7 @@ class Simulator:
                 raise BadRequest("messages: each message must be an object")
             prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages)
             # the cache keys the messages' words in order, each message's first word marked with its role
-            words = chat_word_tokens([(str(m.get("role")), _text(m.get("content"))) for m in messages]) \
-                if self.cache is not None else None
+            words = chat_word_tokens(messages) if self.cache is not None else None
             users = [m for m in messages if m.get("role") == "user"]
             question_text = _text(users[-1].get("content")) if users else ""
         elif dialect == "openai":
