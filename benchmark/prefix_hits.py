@@ -9,7 +9,8 @@ benchmark/tokens.py counts inputs: close to what a real engine caches, when the 
 model's). The send order is the order prompts are handed out (`State.order`, cycled up to the run's
 request limit, warm-up included); a run without a limit (perf mode, stopped by time) is figured for one
 pass over its prompts, and says so. Concurrent users and a multi-process run send in nearly that order;
-an ideal cache's total does not depend on the order within one pass (each block misses once).
+within one pass an ideal cache's total barely depends on it (each block misses once; only the
+last-token rule makes a prompt that is a whole-block prefix of another find one block less after it).
 Kept in config.json under "prefix_cache_theory".
 
 Achieved: the records' usage cached_tokens (metrics.prefix_cache_rows, per stage), and the server's
