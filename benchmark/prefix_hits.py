@@ -33,7 +33,7 @@ def at_test_start(run, prompts: list, order: list, limit) -> None:
     if run is None or run.dir is None or not prompts:
         return
     try:
-        run.config[KEY] = theory(prompts, order, limit, run.cfg, run.config.get("model") or "", run.tokenizer)
+        run.config[KEY] = theory(prompts, order, limit, run.cfg, run.config.get("model") or "", lambda: run.tokenizer)
     except Exception as e:  # noqa: BLE001 - a second opinion: never stop a run for it
         run.config[KEY] = {"error": f"{type(e).__name__}: {e}"}
     run._write_config()
@@ -48,15 +48,20 @@ def send_sequence(order: list, limit) -> tuple[list, str]:
 
 
 def theory(prompts: list, order: list, limit, cfg, model: str, tokenizer, block: int = BLOCK) -> dict:
+    """{"words": ..., "tokenizer": ...} ideal-cache figures of the prompts as sent (`tokenizer`: a callable
+    giving it; when it fails, "tokenizer_error" says why and the words' figure stands)."""
     t0 = time.perf_counter()
     sequence, how = send_sequence(order, limit)
     used = sorted(set(sequence))
     backend = backends.get(cfg.backend)
     words = {i: request_words(backend.body(prompts[i], cfg, model), cfg.backend) for i in used}
-    ids = dict(zip(used, _token_ids(tokenizer, [prompts[i].messages for i in used], backend.CHAT)))
-    out = {"block": block, "requests": len(sequence), "order": how,
-           "words": ideal(words, sequence, block), "tokenizer": ideal(ids, sequence, block),
-           "tokenizer_name": tokens.describe(tokenizer)}
+    out = {"block": block, "requests": len(sequence), "order": how, "words": ideal(words, sequence, block)}
+    try:
+        tok = tokenizer()
+        ids = dict(zip(used, _token_ids(tok, [prompts[i].messages for i in used], backend.CHAT)))
+        out.update(tokenizer=ideal(ids, sequence, block), tokenizer_name=tokens.describe(tok))
+    except Exception as e:  # noqa: BLE001 - no tokenizer at hand: the words' figure still holds
+        out["tokenizer_error"] = f"{type(e).__name__}: {e}"
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
 
@@ -104,10 +109,10 @@ def console_line(results, config: dict) -> str:
     if len(per_stage) > 1:
         text += ", per stage " + ", ".join(f"{s} {_pct(v)}" for s, v in per_stage if s != "total")
     th = config.get(KEY) or {}
-    if th.get("words") and th.get("tokenizer"):
-        text += (f"; theoretical, ideal cache of {th['block']}-token blocks, {th['order']}: "
-                 f"{_pct(100 * th['tokenizer']['hit_rate'])} with the tokenizer, "
-                 f"{_pct(100 * th['words']['hit_rate'])} with the simulator's words")
+    figures = [f"{_pct(100 * th[key]['hit_rate'])} with {name}" for key, name in
+               (("tokenizer", "the tokenizer"), ("words", "the simulator's words")) if isinstance(th.get(key), dict)]
+    if figures:
+        text += f"; theoretical, ideal cache of {th['block']}-token blocks, {th['order']}: " + ", ".join(figures)
     return text
 
 

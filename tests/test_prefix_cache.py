@@ -8,7 +8,7 @@ import re
 
 import requests
 
-from benchmark import prefix_cache
+from benchmark import prefix_cache, prefix_hits
 from benchmark.prefix_cache import PrefixCache, block_keys, max_hit_blocks, theoretical_hit_rate
 from benchmark.records import read_records
 from benchmark.run import _cached
@@ -56,6 +56,19 @@ def test_theoretical_hit_rate_by_hand():
     # the same 32 tokens twice: the second finds one block, its last token is computed again
     assert theoretical_hit_rate([shared, shared], 16) == (16 / 64, 16, 64)
     assert theoretical_hit_rate([], 16) == (0.0, 0, 0)
+
+
+def test_a_run_plan_cycles_its_prompts_and_repeats_hit_as_the_ideal_cache_says():
+    order = [2, 0, 1]
+    assert prefix_hits.send_sequence(order, 7)[0] == [2, 0, 1, 2, 0, 1, 2]
+    seq, how = prefix_hits.send_sequence(order, float("inf"))
+    assert seq == order and "one pass" in how
+    lists = {0: list(range(40)), 1: list(range(20)) + [7] * 13, 2: [5] * 50}
+    for limit in (3, 7, 11):
+        seq = prefix_hits.send_sequence(order, limit)[0]
+        rate, cached, prompt = theoretical_hit_rate([lists[i] for i in seq], 16)
+        assert prefix_hits.ideal(lists, seq, 16) == {"hit_rate": rate, "cached_tokens": cached,
+                                                      "prompt_tokens": prompt}
 
 
 def test_chat_tokens_mark_message_boundaries():
@@ -139,6 +152,7 @@ def test_theoretical_hit_rate_is_what_the_simulator_achieves(tmp_path, start_sim
     run, out, theory, records, reconciled = _run(tmp_path, sim)
     words = theory["words"]
     assert theory["requests"] == 20 and words["prompt_tokens"] == 2000
+    assert theory["tokenizer"]["prompt_tokens"] > 0 and theory["tokenizer"]["cached_tokens"] > 0
     assert words["cached_tokens"] == 19 * 64  # every request but the first finds the 4-block shared prefix
     assert sum(r["cached_tokens"] for r in records) == words["cached_tokens"]
     assert sum(r["input_tokens"] for r in records) == words["prompt_tokens"]

@@ -6,6 +6,9 @@ schedule is written in each dialect of benchmark/backends at its path (dialects.
 /v1/chat/completions, /v1/completions, TGI's /generate_stream, Triton's
 /v2/models/<model>/generate_stream, MindIE's /infer; GET /info (TGI) and /v2/models/<model> (Triton)
 answer the client's check. GET /metrics shows what it did in vLLM's Prometheus format (metrics.py).
+A prefix cache (benchmark/prefix_cache.py's block rule, keyed on whitespace words) finds each prompt's
+cached blocks when it is scheduled: usage says cached_tokens, /metrics counts the hits, and with
+--prefill-ms-per-token the uncached tokens lengthen TTFT.
 
 Timing: every event has an absolute deadline counted from the request's arrival, so errors never add
 up, and no event leaves before its deadline (event-loop timers have a 1 ms grain, so up to ~1 ms after).
