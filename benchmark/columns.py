@@ -67,6 +67,7 @@ class Columns:
     answer_tokens: np.ndarray | None = None
     event_tokens: np.ndarray | None = None
     token_split_sources: Counter = field(default_factory=Counter)  # successful: (reasoning_, event_)token_source
+    cached_tokens: np.ndarray | None = None  # per request: usage's prefix-cache tokens (NaN: not sent)
 
     @property
     def n(self) -> int:
@@ -91,6 +92,7 @@ class ColumnBuilder:
         self.offsets, self.kinds = array("d"), bytearray()
         self.reasoning_tokens, self.answer_tokens = array("d"), array("d")
         self.et_counts, self.et_values = array("q"), array("I")  # per request: its event_tokens list, if any
+        self.cached_tokens = array("d")
         self.split_sources: Counter = Counter()
         self.stage_codes: dict[str, int] = {}
         self.any_sched = False
@@ -131,6 +133,7 @@ class ColumnBuilder:
             tokens_in, tokens_out = _count(rec.get("input_tokens")), _count(rec.get("output_tokens"))
             resends, retries = int(_count(rec.get("resends"))), int(_count(rec.get("retries")))
             reasoning_tokens, answer_tokens = _float(rec.get("reasoning_tokens")), _float(rec.get("answer_tokens"))
+            cached = _float(rec.get("cached_tokens"))
             per_event = rec.get("event_tokens")
             per_event = array("I", per_event) if per_event is not None else _NO_COUNTS
             code = self.stage_codes.setdefault(stage, len(self.stage_codes))
@@ -155,6 +158,7 @@ class ColumnBuilder:
         self.kinds += kinds
         self.reasoning_tokens.append(reasoning_tokens)
         self.answer_tokens.append(answer_tokens)
+        self.cached_tokens.append(cached)
         self.et_counts.append(len(per_event))
         self.et_values += per_event
         if ok:
@@ -201,7 +205,7 @@ class ColumnBuilder:
 
     # buffers in file order for dump/merge; `stage` is re-coded on merge (each part numbers its own)
     _BUFFERS = ("t_send", "t_sched", "input_tokens", "output_tokens", "success", "counts", "offsets", "kinds",
-                "reasoning_tokens", "answer_tokens", "et_counts", "et_values")
+                "reasoning_tokens", "answer_tokens", "et_counts", "et_values", "cached_tokens")
 
     def dump(self, f) -> None:
         """Write everything to `f` (a helper process's part): a pickle of the small things, then the
@@ -277,7 +281,8 @@ class ColumnBuilder:
             cancelled=self.cancelled, cancel_reasons=self.cancel_reasons, excluded=self.excluded,
             skipped=self.skipped, **{k: getattr(self, k) for k in _ATTEMPTS},
             reasoning_tokens=_np(self.reasoning_tokens, np.float64), answer_tokens=_np(self.answer_tokens, np.float64),
-            event_tokens=self._event_tokens(), token_split_sources=self.split_sources)
+            event_tokens=self._event_tokens(), token_split_sources=self.split_sources,
+            cached_tokens=_np(self.cached_tokens, np.float64))
 
     def _event_tokens(self) -> np.ndarray | None:
         """Tokens of every event: the records' lists where they have one, else 1 per content/reasoning

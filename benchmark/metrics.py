@@ -584,6 +584,7 @@ def compute(records: list[dict] | Columns, profile: str = "default", max_concurr
         stage_max = max_concurrency if code is None else None
         common += _common_rows(name, cols, end, sel, smp, ok_sel, profile, stream, stage_max, slo)
         common += _split_common_rows(name, split, ok_sel)
+        common += prefix_cache_rows(name, cols, sel, profile)
     order = [name for name, _ in stages]
     return Results(profile, _order(perf, PERF_COLUMNS, order), _order(common, COMMON_COLUMNS, order), stream,
                    _order(intervals, stats.CI_COLUMNS, order), empty)
@@ -806,6 +807,17 @@ def _split_common_rows(stage: str, split: _Split, ok_sel: np.ndarray) -> list[li
     # a request whose split is unknown makes the total unknown ("-"), never an undercount
     return [["Total Reasoning Tokens", stage, float(split.reasoning_tokens[ok_sel].sum()), ""],
             ["Total Answer Tokens", stage, float(split.answer_tokens[ok_sel].sum()), ""]]
+
+
+def prefix_cache_rows(stage: str, cols: Columns, sel: np.ndarray, profile: str) -> list[list]:
+    """Prefix Cache Hit Rate: sum of usage's cached_tokens / sum of input tokens, over the stage's successes
+    whose usage had cached_tokens; no row when no request of the run had it (or another tool's profile)."""
+    cached = cols.cached_tokens
+    if profile != "default" or cached is None or not np.isfinite(cached[cols.success]).any():
+        return []
+    known = sel & cols.success & np.isfinite(cached)
+    inputs = float(cols.input_tokens[known].sum())
+    return [["Prefix Cache Hit Rate", stage, 100.0 * float(cached[known].sum()) / inputs if inputs else np.nan, "%"]]
 
 
 def split_note(cols: Columns, results: Results) -> str:

@@ -25,6 +25,8 @@ FIELDS = (
     "reasoning_tokens", "answer_tokens", "reasoning_token_source", "event_tokens", "event_token_source",
     # multi-turn workloads (workloads/conversations.py): the conversation's id and the 1-based turn; None else
     "conversation", "turn",
+    # usage.prompt_tokens_details.cached_tokens: prompt tokens the server's prefix cache found (None: not sent)
+    "cached_tokens",
 )
 
 # event kinds, as DESIGN.md names them

@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 
-from . import __version__, backends, event_tokens, health, metrics, stats, tables, tokens
+from . import __version__, backends, event_tokens, health, metrics, prefix_hits, stats, tables, tokens
 from .datasets import Prompt
 from .options import RunConfig
 from .columns import CANCELLED, WARMUP, cancel_reason, read_columns
@@ -136,6 +136,7 @@ class Run:
                 self._input_counts[prompt.index] = n
             in_tokens = self._input_counts[prompt.index]
         rec["output_tokens"], rec["input_tokens"] = out_tokens, in_tokens
+        rec["cached_tokens"] = _cached(usage)
 
     @property
     def tokenizer(self):
@@ -247,6 +248,9 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
         note = metrics.split_note(cols, results)  # reasoning / tokens per event: where the counts came from
         if note:
             print(note)
+        note = prefix_hits.console_line(results, config)  # achieved vs theoretical prefix-cache hits
+        if note:
+            print(note)
         empty = tables.empty_note(results)
         if empty:
             print(empty)
@@ -337,6 +341,13 @@ def _example(text: str) -> str:
 def _count(value) -> int:
     """A token count from a server's usage block: a non-negative int, anything else is 0."""
     return value if type(value) is int and value > 0 else 0
+
+
+def _cached(usage: dict) -> int | None:
+    """usage.prompt_tokens_details.cached_tokens (vLLM, SGLang, llama.cpp), None when not sent."""
+    details = usage.get("prompt_tokens_details")
+    value = details.get("cached_tokens") if isinstance(details, dict) else None
+    return value if type(value) is int and value >= 0 else None
 
 
 def redact_command(argv: list[str], secret: str | None) -> str:

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import gevent
 
-from . import arrivals, backends, datasets, health, idle, simulator
+from . import arrivals, backends, datasets, health, idle, prefix_hits, simulator, tokens
 from .client import ChatClient, ClientError
 from .options import RunConfig, check_output_dir
 from .run import Run
@@ -46,6 +46,7 @@ class Session:
         self.model = ""
         self.prepared_for = None  # the RunConfig (host included) the prompts and bodies were built for
         self.prompts: list = []
+        self.prefix_theory = None  # prefix_hits.plan's figures, from prepare to the run's config.json
         self.bodies: list = []
         self.conversations: list = []  # a conversation workload's datasets.conversations.Conversation list
         self.loaded: dict = {}    # prompt configuration -> prompts (or conversations)
@@ -135,6 +136,9 @@ class Session:
                 raise ClientError(f"--model is empty and {cfg.host}{check} names no model; pass --model")
         self.cfg, self.model = cfg, model
         line = workloads.prepare(self, self.load_prompts(cfg))
+        # the prompts' theoretical prefix-cache hit rate, kept in config.json at test start
+        self.prefix_theory = None if worker else prefix_hits.plan(
+            self.prompts, cfg, model, lambda: tokens.load_tokenizer(cfg.tokenizer))
         self.prepared_for = cfg
         if not worker:
             self.arm_scraper(cfg)
@@ -194,6 +198,7 @@ class Session:
         self.run = Run(cfg, self.model, host, extra, sink=sink)
         if sink is not None:
             return
+        prefix_hits.keep(self.run, self.prefix_theory)
         if self.collector:
             self.collector.start()
         self._start_scraper(cfg, host, self.run.dir)

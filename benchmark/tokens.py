@@ -188,6 +188,18 @@ def encode_lens(tok, texts: Iterable[str], add_special_tokens: bool = False) -> 
     return [len(ids) for ids in tok(texts, add_special_tokens=add_special_tokens)["input_ids"]]
 
 
+def encode_ids(tok, texts: Iterable[str], add_special_tokens: bool = False) -> list[list[int]]:
+    """Token ids of many texts in one call to the Rust backend (the ids `encode_lens` counts)."""
+    texts = list(texts)
+    if not texts:
+        return []
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        enc = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+        return [list(e.ids) for e in enc(texts, add_special_tokens=add_special_tokens)]
+    return [list(ids) for ids in tok(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+
+
 def count_inputs(tok, messages_list: Iterable[Sequence[dict]]) -> list[int]:
     rendered = [input_text(tok, m) for m in messages_list]
     out = [0] * len(rendered)

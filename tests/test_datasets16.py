@@ -15,7 +15,7 @@ from benchmark import prefix_cache
 from benchmark.datasets import DatasetError, Prompts, add_arguments, describe, load, parse_options
 from benchmark.datasets import conversations, sharegpt, trace
 from benchmark.datasets.trace import TraceRequest, prompt_for
-from benchmark.prefix_cache import PrefixCache, prompt_token_ids, theoretical_hit_rate
+from benchmark.prefix_cache import PrefixCache, block_keys, max_hit_blocks, prompt_token_ids, theoretical_hit_rate
 from benchmark.tokens import encode_lens, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -262,8 +262,10 @@ def test_hit_rate_by_hand():
     assert theoretical_hit_rate([a, a, a], block=16) == (0.0, 0, 30)     # no full block
     assert theoretical_hit_rate([[7] * 33] * 2, block=16) == (32 / 66, 32, 66)
     assert theoretical_hit_rate([], block=16) == (0.0, 0, 0)
-    cache = PrefixCache(4)
-    assert cache.serve(a) == 0 and cache.lookup(a) == 8 and cache.lookup(a + [0] * 6) == 8
+    cache = PrefixCache(None)  # a: 2 full blocks of 4, stored; then found again, capped by the last-token rule
+    assert cache.lookup_and_insert(block_keys(a, 4), max_hit_blocks(len(a), 4)) == 0
+    assert cache.lookup_and_insert(block_keys(a, 4), max_hit_blocks(len(a), 4)) == 2
+    assert cache.lookup_and_insert(block_keys(a + [0] * 6, 4), max_hit_blocks(len(a) + 6, 4)) == 2
     assert prefix_cache.describe([a, b, a, d, e], block=4) == (
         "Prefix cache: theoretical hit rate 42.1 % (block 4) for the prompts in send order "
         "(16 of 38 prompt tokens)")

@@ -199,7 +199,7 @@ def test_tokens_per_event_exact(start_sim, tmp_path, continuous):
 
 def test_plain_run_keeps_todays_tables(start_sim, tmp_path, monkeypatch):
     """No reasoning, one token per event: exactly the tables the code without this feature makes."""
-    sim = start_sim("--ttft-ms", "10", "--itl-ms", "2")
+    sim = start_sim("--ttft-ms", "10", "--itl-ms", "2", "--no-prefix-cache")  # no cached_tokens row either
     run, recs = run_requests(sim, tmp_path, n=4, continuous=True)
     assert {r["event_token_source"] for r in recs} == {"usage"}
     assert all(r["event_tokens"] is None and r["reasoning_tokens"] is None for r in recs)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = [{"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Say four words please"}]
 WORDS = 7  # whitespace words over all MESSAGES contents
+NO_CACHE_HIT = {"prompt_tokens_details": {"cached_tokens": 0}}  # fewer words than a cache block (16)
 FILLER = "the quick brown fox jumps over the lazy dog the quick brown".split()
 
 
@@ -103,7 +104,7 @@ def test_stream_sequence_with_usage(sim):
     assert objs[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert objs[1]["object"] == "chat.completion.chunk" and objs[1]["id"].startswith("chatcmpl-")
     assert objs[-3]["choices"][0]["finish_reason"] == "length"
-    assert objs[-2]["usage"] == {"prompt_tokens": WORDS, "completion_tokens": 30, "total_tokens": WORDS + 30}
+    assert objs[-2]["usage"] == {"prompt_tokens": WORDS, "completion_tokens": 30, "total_tokens": WORDS + 30, **NO_CACHE_HIT}
     text = text_of(objs)
     assert text.split()[:len(FILLER)] == FILLER and len(text.split()) == 30
 
@@ -129,7 +130,7 @@ def test_non_stream_chat(sim):
     assert out["object"] == "chat.completion"
     assert out["choices"][0]["message"] == {"role": "assistant", "content": " ".join(FILLER[:10])}
     assert out["choices"][0]["finish_reason"] == "length"
-    assert out["usage"] == {"prompt_tokens": WORDS, "completion_tokens": 10, "total_tokens": WORDS + 10}
+    assert out["usage"] == {"prompt_tokens": WORDS, "completion_tokens": 10, "total_tokens": WORDS + 10, **NO_CACHE_HIT}
     assert elapsed >= 0.020 + 9 * 0.002 - 0.002  # sent at TTFT + (n-1)*ITL
 
 
@@ -138,7 +139,7 @@ def test_completions_stream_and_non_stream(sim):
     out = post(sim.url, prompt, path="/v1/completions", stream=False).json()
     assert out["object"] == "text_completion"
     assert out["choices"][0]["text"] == " ".join(FILLER[:6])
-    assert out["usage"] == {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9}
+    assert out["usage"] == {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9, **NO_CACHE_HIT}
     _, _, kinds, objs = chat(sim.url, path="/v1/completions", stream=True,
                              stream_options={"include_usage": True}, **prompt)
     assert kinds == ["content"] * 6 + ["finish", "usage", "done"]

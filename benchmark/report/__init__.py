@@ -19,7 +19,7 @@ from collections import Counter
 import numpy as np
 from jinja2 import Environment, FileSystemLoader
 
-from .. import __version__, metrics, stats, tables
+from .. import __version__, metrics, prefix_hits, stats, tables
 from ..columns import WARMUP, Columns, read_columns
 from . import plots
 from .data import run_data
@@ -98,6 +98,7 @@ def context(run_dir: str, cols: Columns, plot_sample: Columns, results: metrics.
         "lvt": plots.latency_vs_throughput(perf, common, stages),
         "failures": failures(cols.failed),
         "attempts": metrics.attempts_note(cols),  # resends and retries, as the console says them
+        "prefix_cache": prefix_hits.console_line(results, config),  # achieved vs theoretical, as the console
         "health": client_health(run_dir, config, results),
         "server": server_section(run_dir, config, server),
         "samples": samples(cols.examples),

@@ -32,8 +32,10 @@ simulator stays quiet, and a hidden 50 ms delay or a 20 % lie is caught):
   busy client, said so); the server surely slower than the client by more than max(NEG_MS, NEG_SHARE x
   server mean) -> its histogram is wrong (no reply reaches the client before the server made it).
   Anything else that is not inside the thresholds is "unresolved", never "agree".
-- prefix cache: the server's hit rate, and (when the config built a shared prefix) the rate that
-  workload should give; more than PREFIX_TOL apart -> flag.
+- prefix cache: the server's hit rate against the theoretical rate of the prompts as sent (config.json's
+  prefix_cache_theory, benchmark/prefix_hits.py: with the tokenizer and with the simulator's words);
+  more than PREFIX_TOL outside both -> flag. A run without it (made before) estimates the rate from
+  --prefix-tokens; more than PREFIX_TOL apart -> flag.
 """
 from __future__ import annotations
 
@@ -597,7 +599,19 @@ def _prefix(sm, client: ClientRun, i0: int, i1: int, config: dict, flags: list, 
     prefix = int((config.get("dataset_options") or {}).get("prefix_tokens") or 0)
     ok = client.success
     text = f"  prefix cache: server reports hits of {100 * rate:.1f} % ({how})"
-    if prefix and ok.sum() > 1 and client.input_tokens[ok].sum() > 0:
+    theory = _theory(config)
+    if theory:  # the prompts as sent, to an ideal cache (prefix_hits.py), with two tokenizations
+        # the server's tokens are unknown here: flag only a rate outside both figures' band
+        target = min(theory.values(), key=lambda t: abs(t - rate))
+        res.update(target=target, theoretical=theory)
+        text += "; the prompts as sent would find " + " or ".join(
+            f"{100 * t:.1f} % ({name})" for name, t in theory.items()) + " in an ideal cache"
+        if rate < min(theory.values()) - PREFIX_TOL or rate > max(theory.values()) + PREFIX_TOL:
+            flags.append({"kind": "prefix", "text": f"server reports prefix-cache hits of {100 * rate:.1f} % where "
+                          f"the workload was built for {100 * target:.1f} % (theoretical, ideal cache): "
+                          + ("prefix caching off, the cache too small (evictions) or requests out of order"
+                             if rate < target else "more sharing than the prompts as sent have")})
+    elif prefix and ok.sum() > 1 and client.input_tokens[ok].sum() > 0:
         mean_in = float(client.input_tokens[ok].mean())
         n_ok = int(ok.sum())
         # every request but the first finds the shared prefix (block granularity rounds it down a little)
@@ -612,6 +626,19 @@ def _prefix(sm, client: ClientRun, i0: int, i1: int, config: dict, flags: list, 
                              "more sharing than the prompts were built with (chat template, repeated prompts)")})
     lines.append(text)
     return res
+
+
+def _theory(config: dict) -> dict:
+    """{"tokenizer": rate, "simulator words": rate} from config.json's prefix_cache_theory ({} when none)."""
+    th = config.get("prefix_cache_theory")
+    if not isinstance(th, dict):
+        return {}
+    out = {}
+    for key, name in (("tokenizer", "tokenizer"), ("words", "simulator words")):
+        rate = th.get(key, {}).get("hit_rate") if isinstance(th.get(key), dict) else None
+        if isinstance(rate, (int, float)) and math.isfinite(rate):
+            out[name] = float(rate)
+    return out
 
 
 def _spec(sm, i0: int, i1: int, lines: list) -> dict | None:

@@ -139,6 +139,15 @@ def parse_args(argv: list[str] | None) -> Config:
     m.add_argument("--metrics-pad-kb", type=_non_negative(int), default=0, metavar="N",
                    help="add about N KB of valid, vLLM-shaped padding series to /metrics, to mimic a large "
                         "vLLM page for scrape-cost measurements (default 0)")
+    c = p.add_argument_group("prefix cache (vLLM's automatic prefix caching, on by default as in vLLM V1)")
+    c.add_argument("--no-prefix-cache", action="store_true",
+                   help="no prefix cache: /metrics counts no hits, usage has no prompt_tokens_details")
+    c.add_argument("--block-size", type=_positive_int, default=16, metavar="N",
+                   help="tokens (whitespace words) per cache block; only full blocks are cached (default 16)")
+    c.add_argument("--prefill-ms-per-token", type=_non_negative(float), default=0.0, metavar="MS",
+                   help="TTFT = --ttft-ms + MS x the prompt tokens not found in the cache (default 0: TTFT is "
+                        "--ttft-ms whatever the cache finds). The cache holds --kv-capacity-tokens tokens, "
+                        "least recently used blocks evicted first")
     a = p.parse_args(argv)
     answers = None
     if a.answers:
@@ -152,7 +161,8 @@ def parse_args(argv: list[str] | None) -> Config:
                   workers=a.workers, hidden_delay=a.hidden_delay_ms / 1000, kv_capacity=a.kv_capacity_tokens,
                   metrics_lie=a.metrics_lie, metrics_pad_kb=a.metrics_pad_kb,
                   reasoning_tokens=a.reasoning_tokens, reasoning_field=a.reasoning_field,
-                  tokens_per_event=a.tokens_per_event, seed=a.seed)
+                  tokens_per_event=a.tokens_per_event, seed=a.seed, prefix_cache=not a.no_prefix_cache,
+                  block_size=a.block_size, prefill_per_token=a.prefill_ms_per_token / 1000)
 
 
 def _listen(cfg: Config) -> socket.socket:

@@ -13,7 +13,8 @@ Semantics, mirroring where vLLM records each figure (vllm/v1/engine/output_proce
   prompt tokens  counted at the first output, as vLLM counts them after prefill; generation tokens
               counted as written, so a mid-run scrape sees progress; both equal what `usage` reported
   kv usage    prompt + generated-so-far tokens of running requests / --kv-capacity-tokens (at most 1)
-  prefix cache   queries = prompt tokens at scheduling, hits 0 (the simulator has no cache yet)
+  prefix cache   queries = prompt tokens at scheduling, hits = the prompt tokens its prefix cache found
+              then (benchmark/prefix_cache.py; 0 with --no-prefix-cache), as vLLM's PrefixCacheStats
 Aborts: vLLM's request_success_total is incremented only in OutputProcessor.process_outputs for a request
 the engine finished (_update_stats_from_finished). A request aborted by the frontend (the client went
 away: AsyncLLM.abort -> OutputProcessor.abort_requests) is popped without any finished stats, so it is
@@ -160,7 +161,7 @@ class Request:
         self.state = 0  # 0 waiting, 1 running, 2 ended
         self.v[WAITING] += 1
 
-    def schedule(self, now: float) -> None:
+    def schedule(self, now: float, cached: int = 0) -> None:
         """It got its slot: the engine runs it from now (vLLM allocates its KV blocks and looks up the
         prefix cache here)."""
         if self.state != 0:
@@ -170,6 +171,7 @@ class Request:
         v[RUNNING] += 1
         v[KV_TOKENS] += self.prompt
         v[PREFIX_QUERIES] += self.prompt
+        v[PREFIX_HITS] += cached
         self.sched, self.state = now, 1
 
     def wrote(self, k: int, now: float) -> None:

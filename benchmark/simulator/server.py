@@ -6,6 +6,9 @@ schedule is written in each dialect of benchmark/backends at its path (dialects.
 /v1/chat/completions, /v1/completions, TGI's /generate_stream, Triton's
 /v2/models/<model>/generate_stream, MindIE's /infer; GET /info (TGI) and /v2/models/<model> (Triton)
 answer the client's check. GET /metrics shows what it did in vLLM's Prometheus format (metrics.py).
+A prefix cache (benchmark/prefix_cache.py's block rule, keyed on whitespace words) finds each prompt's
+cached blocks when it is scheduled: usage says cached_tokens, /metrics counts the hits, and with
+--prefill-ms-per-token the uncached tokens lengthen TTFT.
 
 Timing: every event has an absolute deadline counted from the request's arrival, so errors never add
 up, and no event leaves before its deadline (event-loop timers have a 1 ms grain, so up to ~1 ms after).
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ..prefix_cache import PrefixCache, block_keys, chat_word_tokens, max_hit_blocks, message_text, word_tokens
 from .dialects import FORMATTERS
 from .faults import ABORT, FEW, HTTP_ERRORS, parse_fault
 from .metrics import Shared, Stats
@@ -79,13 +83,7 @@ def load_answers(path: str) -> list[tuple[str, list[str], list[bytes]]]:
     return answers
 
 
-def _text(content) -> str:
-    """Message content as text: a string, or the text parts of a multimodal list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-    return ""
+_text = message_text  # message content as text: a string, or the text parts of a multimodal list
 
 
 BATCH_BYTES = 64 * 1024  # most bytes written to one stream per tick (matters at ITL 0)
@@ -249,6 +247,9 @@ class Config:
     reasoning_field: str = "reasoning_content"  # or "reasoning", or "think" (<think> text in the content)
     tokens_per_event: tuple = (1, 1)  # tokens in each event: drawn uniformly from this range (inclusive)
     seed: int = 0  # of the per-request draws of tokens_per_event
+    prefix_cache: bool = True  # vLLM V1's automatic prefix caching (benchmark/prefix_cache.py's rule)
+    block_size: int = 16  # tokens (whitespace words) per cache block
+    prefill_per_token: float = 0.0  # s of TTFT per prompt token not found in the cache
 
 
 @dataclass
@@ -267,6 +268,9 @@ class Plan:
     reasoning: int = 0  # the first `reasoning` of the n tokens are reasoning
     groups: list = field(default_factory=list)  # tokens in each token event, summing to n
     continuous_usage: bool = False  # stream_options.continuous_usage_stats: usage on every token event
+    words: list | None = None  # the prompt's tokens as the prefix cache keys them (None: no cache)
+    cached: int | None = None  # prompt tokens found in the prefix cache (None: no cache)
+    ttft: float = 0.0  # s: --ttft-ms + --prefill-ms-per-token x uncached prompt tokens
 
     def token(self, i: int) -> str:
         if self.canned and i < len(self.canned[0]):
@@ -282,6 +286,8 @@ class Plan:
                  "total_tokens": self.prompt_tokens + n}
         if self.reasoning:
             usage["completion_tokens_details"] = {"reasoning_tokens": min(self.reasoning, n)}
+        if self.cached is not None:  # as vLLM sends it (with --enable-prompt-tokens-details), SGLang, llama.cpp
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached}
         return usage
 
 
@@ -297,6 +303,8 @@ class Simulator:
         self.model_json = json.dumps(cfg.model).encode()
         self.ticker: _Ticker | None = None
         self.slots = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
+        # one cache per process: with --workers N a request's hits depend on the process that took it
+        self.cache = PrefixCache(cfg.kv_capacity // cfg.block_size) if cfg.prefix_cache else None
         self.trace_fd = os.open(cfg.trace, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if cfg.trace else None
 
     def app(self) -> web.Application:
@@ -378,15 +386,19 @@ class Simulator:
             if not all(isinstance(m, dict) for m in messages):
                 raise BadRequest("messages: each message must be an object")
             prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages)
+            # the cache keys the messages' words in order, each message's first word marked with its role
+            words = chat_word_tokens(messages) if self.cache is not None else None
             users = [m for m in messages if m.get("role") == "user"]
             question_text = _text(users[-1].get("content")) if users else ""
         elif dialect == "openai":
             question_text = _prompt_text(body.get("prompt"), "prompt")
             prompt_tokens = len(question_text.split())
+            words = word_tokens(question_text) if self.cache is not None else None
         else:  # the text dialects: TGI/MindIE `inputs` + `parameters`, Triton `text_input` + top-level inputs
             field = "text_input" if dialect == "triton" else "inputs"
             question_text = _prompt_text(body.get(field), field)
             prompt_tokens = len(question_text.split())
+            words = word_tokens(question_text) if self.cache is not None else None
         if dialect in ("tgi", "mindie"):
             params = body.get("parameters") or {}
             if not isinstance(params, dict):
@@ -433,7 +445,7 @@ class Simulator:
                 left -= groups[-1]
         return Plan(dialect=dialect, stream=stream, include_usage=include_usage,
                     n=n, finish=finish, prompt_tokens=prompt_tokens, canned=canned, fault=name, arg=arg,
-                    reasoning=reasoning, groups=groups,
+                    reasoning=reasoning, groups=groups, words=words, ttft=cfg.ttft,
                     continuous_usage=bool(options.get("continuous_usage_stats")) and name != "no-usage")
 
     async def answer(self, request: web.Request, dialect: str) -> web.StreamResponse:
@@ -471,15 +483,20 @@ class Simulator:
     async def respond(self, request: web.Request, plan: Plan, t0: float, acct) -> web.StreamResponse:
         name = plan.fault
         cfg = self.cfg
-        acct.schedule(t0)  # it has its slot: running from now
+        if self.cache is not None:  # it has its slot: vLLM looks its prefix up as it schedules it
+            bs = cfg.block_size
+            hits = self.cache.lookup_and_insert(block_keys(plan.words, bs), max_hit_blocks(len(plan.words), bs))
+            plan.cached = hits * bs
+        plan.ttft = cfg.ttft + cfg.prefill_per_token * (plan.prompt_tokens - (plan.cached or 0))
+        acct.schedule(t0, plan.cached or 0)  # running from now
         rid = ("chatcmpl-" if plan.chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         if not plan.stream or name == "non-sse":
-            when = t0 + cfg.ttft + max(plan.n - 1, 0) * cfg.itl
+            when = t0 + plan.ttft + max(plan.n - 1, 0) * cfg.itl
             while (wait := _delay(when)) > 0:  # again if an event loop's timer woke us early
                 await asyncio.sleep(wait)
             for i in range(plan.n):  # one body, all at once: the tokens count now, at the times they were due
-                acct.wrote(1, t0 + cfg.ttft + i * cfg.itl)
+                acct.wrote(1, t0 + plan.ttft + i * cfg.itl)
             acct.done(_now())
             return web.json_response(self.full_body(plan, rid, created))
 
@@ -509,6 +526,8 @@ class Simulator:
                 "tokens": [round(t - arrival, 7) for t in written[:plan.n]]}
         if plan.reasoning or any(k != 1 for k in plan.groups):
             line.update(reasoning=plan.reasoning, per_event=plan.groups)
+        if plan.cached is not None:
+            line.update(prompt_tokens=plan.prompt_tokens, cached_tokens=plan.cached)
         os.write(self.trace_fd, (json.dumps(line) + "\n").encode())
 
     def formatter(self, plan: Plan, rid: str, created: int):
@@ -551,7 +570,7 @@ class Simulator:
         keepalive = b": keep-alive\r\n\r\n" if fault == "nospace-crlf" else b""
         ahead = b""  # what goes before an event: nothing before the very first one
 
-        t = cfg.ttft
+        t = plan.ttft
         start = fmt.start()
         if start is not None:
             yield t, start, 0
@@ -568,7 +587,7 @@ class Simulator:
                 return
             if fault == "stall" and i == FEW:
                 shift = plan.arg
-            t = cfg.ttft + i * cfg.itl + shift
+            t = plan.ttft + i * cfg.itl + shift
             if first < r:
                 texts = [_filler(j) for j in range(first, first + k)]
                 if think and first == 0:
