@@ -73,6 +73,7 @@ def test_ttfo_against_trace_truth(start_sim, tmp_path, field):
         run, recs = run_requests(sim, tmp_path)
     truth = read_trace(trace, [r["request_id"] for r in recs])
     late = min(15 + 4 * rq.ms, 40) / 1000
+    on_time = []
     for rec in recs:
         line = truth[rec["request_id"]]
         assert line["reasoning"] == 4 and len(line["tokens"]) == N_TOKENS
@@ -80,12 +81,15 @@ def test_ttfo_against_trace_truth(start_sim, tmp_path, field):
         assert kinds == [REASONING] * 4 + [CONTENT] * 8, kinds  # <think> text reclassified too
         ttft = rec["events"][token_events(rec)[0]][0]
         ttfo = next(e[0] for e in rec["events"] if e[1] == CONTENT)
+        assert ttfo == rec["events"][token_events(rec)[4]][0]  # the 5th token event: the trace's first answer token
         # the client sent before the arrival and read after the write (the trace takes its time just
-        # after the write, so a server descheduled there stamps it a little late); and from the first
-        # token to the first answer token as the server wrote them (the send-to-arrival time, large for
-        # a new connection, cancels out)
+        # after the write, so a server descheduled there stamps it a little late)
         assert ttft > line["tokens"][0] - late and ttfo > line["tokens"][4] - late
-        assert abs((ttfo - ttft) - (line["tokens"][4] - line["tokens"][0])) < late, (ttfo, ttft, line, rq.ms)
+        # from the first token to the first answer token as the server wrote them (the send-to-arrival
+        # time, large for a new connection, cancels out) -- unless the client itself was held up between
+        # the two reads (on a busy machine the test process can be descheduled for 100+ ms and read both
+        # at once; the simulator's run-queue wait does not see that): so at least one request must show it
+        on_time.append(abs((ttfo - ttft) - (line["tokens"][4] - line["tokens"][0])) < late)
         assert line["tokens"][4] >= 0.030 + 4 * 0.015 - 1e-4  # after 4 reasoning tokens 15 ms apart: never early
         # usage details: exact
         assert (rec["reasoning_tokens"], rec["answer_tokens"], rec["reasoning_token_source"]) == (4, 8, "usage")
@@ -93,6 +97,7 @@ def test_ttfo_against_trace_truth(start_sim, tmp_path, field):
             assert rec["completion"].startswith("<think>") and rec["reasoning"] == ""  # texts as sent
         else:
             assert rec["reasoning"] == "the quick brown fox" and "<think>" not in rec["completion"]
+    assert any(on_time), (on_time, rq.ms)
     res = report(run.dir, html=False, echo=False)
     ttfos = [next(e[0] for e in r["events"] if e[1] == CONTENT) * 1000 for r in recs]
     assert [row(res, "TTFO")[s] for s in metrics.STATS] == pytest.approx(by_hand(ttfos), rel=1e-12)
@@ -316,6 +321,7 @@ def test_reasoning_and_multi_token_events_on_every_dialect(start_sim, tmp_path, 
     assert all(r["success"] for r in recs), [r["error"] for r in recs]
     truth = read_trace(trace, [r["request_id"] for r in recs])
     late = min(10 + 4 * rq.ms, 40) / 1000
+    on_time = []
     for rec in recs:
         line = truth[rec["request_id"]]
         assert line["reasoning"] == 4 and line["per_event"][:2] == [2, 2]
@@ -323,11 +329,14 @@ def test_reasoning_and_multi_token_events_on_every_dialect(start_sim, tmp_path, 
         assert kinds[:2] == [REASONING, REASONING] and set(kinds[2:]) == {CONTENT}, kinds
         ttft = rec["events"][token_events(rec)[0]][0]
         ttfo = next(e[0] for e in rec["events"] if e[1] == CONTENT)
-        assert abs((ttfo - ttft) - (line["tokens"][4] - line["tokens"][0])) < late, (ttfo, ttft, line)
+        assert ttfo == rec["events"][token_events(rec)[2]][0]  # the 3rd token event holds tokens 4 and 5
+        # the gap as the server wrote it, unless the client was held up between the two reads (see above)
+        on_time.append(abs((ttfo - ttft) - (line["tokens"][4] - line["tokens"][0])) < late)
         counted = [k for k, i in zip(rec["event_tokens"], range(len(rec["events"]))) if i in token_events(rec)]
         # the answer's 8 tokens in 4 events of 2; the thought's events hold 2 simulator tokens, and the
         # tokenizer also counts the <think> tags where the thought is text (as a real engine would)
         assert counted[2:] == [2] * 4, (rec["event_tokens"], rec["event_token_source"])
         assert counted[:2] == ([2, 2] if backend == "openai-chat" else [3, 3]), rec["event_tokens"]
+    assert any(on_time), (on_time, rq.ms)
     res = report(run.dir, html=False, echo=False)
     assert row(res, "TokensPerEvent")["Median"] == 2
