@@ -3,9 +3,10 @@ requests left the client after they were due, so a replay that could not keep up
 
 The lag is the tables' QueueDelay (metrics.py: t_send - t_sched, epoch s, over the successful requests,
 warm-up left out): the same samples, so the line's p50/p99 are the QueueDelay row's Median/P99. A
-request counts as late above LATE_MS. Why it was late: at its due time, were all `-u` users busy (the
-records in flight, failed ones included, reached the user count)? Then the cap held it (raise -u);
-otherwise the client itself was slow to wake up and send (see the Client health line).
+request counts as late above LATE_MS. Why it was late: at its due time, were all `-u` users busy? (The
+requests ahead of it in due order that had not ended by then, failed ones included, held a user or
+waited for one: as many as the users, and the cap held it: raise -u.) Otherwise the client itself was slow to wake up and send (see the Client health line). With several
+processes the user count is the run's total while each process caps its own shard: an approximation.
 """
 from __future__ import annotations
 
@@ -38,12 +39,18 @@ def adherence(cols, users: int | None = None) -> dict | None:
            "p99_ms": float(np.percentile(lag_ms, 99)), "max_ms": float(lag_ms.max()),
            "late": int(late.sum()), "late_busy": None, "late_ms": LATE_MS, "users": users}
     if users and out["late"]:
-        sent = np.isfinite(cols.t_send)
-        starts, ends = np.sort(cols.t_send[sent]), np.sort(_ends(cols)[sent])
-        due = cols.t_sched[ok][late]
-        # requests in flight at each late request's due time (it has not started yet: not counted)
-        in_flight = np.searchsorted(starts, due, "right") - np.searchsorted(ends, due, "right")
-        out["late_busy"] = int((in_flight >= users).sum())
+        # the requests ahead of a late one (due before it, or at the same time and taken first) that had
+        # not ended by its due time held a user or waited for one: as many as the users means it had to
+        # wait for the cap. Ahead = its rank in due order; ended = those whose end came by its due time.
+        sched = np.isfinite(cols.t_sched) & np.isfinite(cols.t_send)
+        due_all = cols.t_sched[sched]
+        order = np.argsort(due_all, kind="stable")
+        rank = np.empty(order.size, np.int64)
+        rank[order] = np.arange(order.size)
+        late_at = np.flatnonzero(ok[sched])[late]  # the late ones, as indices among the scheduled
+        ends = np.sort(_ends(cols)[sched])
+        ahead = rank[late_at] - np.searchsorted(ends, due_all[late_at], "right")
+        out["late_busy"] = int((ahead >= users).sum())
     return out
 
 
