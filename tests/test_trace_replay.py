@@ -214,7 +214,7 @@ def test_two_processes_send_each_entry_once_and_none_early(tmp_path):
 @pytest.mark.parametrize("name, n", [("mooncake_trace.jsonl", 40), ("burstgpt_trace.csv", 28)])
 def test_the_shipped_traces_replay_headless(tmp_path, name, n):
     recs, out, _ = headless(tmp_path / "out", "-u", "8", "-r", "8", "-t", "60s", "--sim-ttft-ms", "5",
-                            "--sim-itl-ms", "1", "--max-out-len", "8", "--dataset", "trace",
+                            "--sim-itl-ms", "1", "--dataset", "trace",
                             "--dataset-path", os.path.join(DEMO, name), "--trace-speed", "10")
     assert len(recs) == n and all(r["success"] for r in recs)
     assert sorted(r["prompt_index"] for r in recs) == list(range(n))
