@@ -30,6 +30,8 @@ def prepare(session, prompts) -> str:
     line = datasets.describe(prompts)
     cfg = session.cfg
     opts = cfg.dataset_options
+    if getattr(session, "worker", False):
+        return line  # the master prints the prefix line: a worker would only encode the prompts again
     if cfg.dataset == "trace" or (cfg.dataset == "synthetic" and (opts.get("prefix_tokens") or opts.get("prefix_ratio"))):
         line += "\n" + prefix_line(prompts, cfg.tokenizer)
     return line
