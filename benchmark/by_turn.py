@@ -6,7 +6,8 @@ as they are), printed after the tables and shown in report.html. Rows: Requests 
 TTFT, E2EL (ms) and InputTokens/OutputTokens averages and TTFT median over that turn's successful
 requests (the default definitions, records.figures: TTFT = the first token's offset, E2EL = the last
 event's; TTFT only for streamed answers). Warm-up and requests cut short by the test stopping are left
-out, as in the tables. Runs without conversations (no record has a turn) get no table and no file.
+out, as in the tables. Runs without conversations (config.json: not --dataset conversations nor
+--multi-turn, or no record has a turn) get no table and no file.
 """
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ from .records import figures
 
 COLUMNS = ("Turn", "Requests", "Failed", "TTFT Average (ms)", "TTFT Median (ms)", "E2EL Average (ms)",
            "InputTokens Average", "OutputTokens Average")
+
+
+def applies(config: dict) -> bool:
+    """A conversation run (config.json): only then is records.jsonl read again (a 1 M-request run of
+    single prompts is not read twice for a table it cannot have)."""
+    return config.get("dataset") == "conversations" or bool(config.get("multi_turn"))
 
 
 def rows(records_path: str) -> list[list]:

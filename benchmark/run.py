@@ -240,7 +240,7 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
     csv_path, json_path = tables.write(results, perf_dir, config.get("dataset_abbr", "dataset"))
     curve_path = tables.write_curve(results, perf_dir, config.get("dataset_abbr", "dataset"))
     ci_paths = tables.write_intervals(results, perf_dir, config.get("dataset_abbr", "dataset"))
-    turns = by_turn.rows(records_path)  # conversation runs only: [] else (and no file)
+    turns = by_turn.rows(records_path) if by_turn.applies(config) else []  # [] (and no file) else
     turn_paths = by_turn.write(turns, perf_dir, config.get("dataset_abbr", "dataset"))
     if echo:
         print(tables.console(results))

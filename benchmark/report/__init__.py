@@ -55,7 +55,7 @@ def render(run_dir: str, out_path: str | None = None, *, cols: Columns | None = 
         schedule = schedule or sched_of.adherence(cols, None if config.get("steps") or config.get("capacity_search")
                                                   else config.get("max_users") or config.get("users"))
     if by_turn is None:
-        by_turn = turns_of.rows(os.path.join(run_dir, "records.jsonl"))
+        by_turn = turns_of.rows(os.path.join(run_dir, "records.jsonl")) if turns_of.applies(config) else []
     if results is None:
         extra = {"slo": config["slo"]} if config.get("slo") else {}
         results = metrics.compute(cols, profile=config.get("metric_profile", "default"),
