@@ -287,3 +287,15 @@ def test_the_prefix_line_says_how_to_get_it_over_the_budget(monkeypatch):
     prompts = [Prompt(0, [{"role": "user", "content": "word " * 20}])]
     line = independent.prefix_line(prompts, None)
     assert line.startswith("Prefix cache: theoretical hit rate not computed (about 20 prompt tokens")
+
+
+def test_an_open_loop_run_gets_the_schedule_line_of_its_queue_delay(tmp_path, start_sim):
+    sim = start_sim("--ttft-ms", "5", "--itl-ms", "1")
+    recs, out, run = headless(tmp_path / "out", "--host", sim.url, "-u", "4", "-r", "4", "-t", "3s",
+                              "--request-rate", "10", "--max-out-len", "4")
+    ok = [r for r in recs if r["success"] and r["t_sched"] is not None]
+    lags = np.array([(r["t_send"] - r["t_sched"]) * 1000 for r in ok])
+    line = schedule_line(out)
+    assert line.startswith(f"Schedule: {len(ok)} requests sent after their scheduled time by "
+                           f"p50 {np.percentile(lags, 50):.1f} ms")
+    assert f"max {lags.max():.1f} ms" in line
