@@ -66,7 +66,7 @@ def rows(records_path: str) -> list[list]:
     return out
 
 
-def _cell(v) -> str:
+def cell(v) -> str:
     if isinstance(v, float):
         return "-" if math.isnan(v) else f"{v:.4f}"
     return str(v)
@@ -74,7 +74,7 @@ def _cell(v) -> str:
 
 def console(table: list[list]) -> str:
     """A plain aligned table for the console (after the AISBench tables)."""
-    cells = [list(COLUMNS)] + [[_cell(v) for v in r] for r in table]
+    cells = [list(COLUMNS)] + [[cell(v) for v in r] for r in table]
     widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
     lines = ["By turn (conversations: each turn's prompt holds the turns before it):"]
     for k, r in enumerate(cells):

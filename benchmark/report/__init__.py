@@ -63,7 +63,7 @@ def render(run_dir: str, out_path: str | None = None, *, cols: Columns | None = 
     ctx = context(run_dir, cols, plot_sample, results, config, server)
     ctx["schedule"] = sched_of.line(schedule)
     ctx["schedule_late"] = bool(schedule and schedule["late"])
-    ctx["by_turn"] = {"columns": turns_of.COLUMNS, "rows": [[turns_of._cell(v) for v in r] for r in by_turn]}
+    ctx["by_turn"] = {"columns": turns_of.COLUMNS, "rows": [[turns_of.cell(v) for v in r] for r in by_turn]}
     html = _env.get_template("report.html.j2").render(**ctx)
     return write_html(html, out_path or os.path.join(run_dir, "report.html"))
 
