@@ -165,6 +165,13 @@ class RunConfig:
             from .load import parse_step_time, parse_steps
             cfg.steps = parse_steps(_raw(o, "steps"))
             cfg.step_time = parse_step_time(_raw(o, "step_time") or "60s")
+        if dataset == "trace":  # a trace brings its own timeline (workloads/trace.py): no second load model
+            for flag, on in (("--request-rate", cfg.request_rate), ("--ramp-up-strategy", cfg.ramp),
+                             ("--steps", cfg.steps), ("--capacity-search", cfg.search)):
+                if on:
+                    raise ConfigError(f"{flag}: --dataset trace sends each request at its time on the trace's "
+                                      "timeline (--trace-speed scales it; -u caps requests in flight); drop "
+                                      f"{flag}")
         users = _raw(o, "num_users")
         if isinstance(users, int) and users < 1 and not (cfg.steps or cfg.search):
             raise ConfigError(f"-u/--users: must be at least 1, got {users} (0 users send no request)")
@@ -215,7 +222,8 @@ def _dataset_options(o) -> dict:
 # `--help` groups, in the order they are listed; each option's group by its flag (the rest: "LLM other")
 GROUPS = {
     "LLM dataset": ("--dataset", "--dataset-path", "--num-prompts", "--prompt-style", "--subset", "--input-len",
-                    "--output-len", "--prefix-tokens", "--seed", "--tokenizer"),
+                    "--output-len", "--prefix-tokens", "--prefix-ratio", "--prefix-groups", "--trace-speed",
+                    "--trace-start", "--trace-window", "--seed", "--tokenizer"),
     "LLM request": ("--backend", "--model", "--model-abbr", "--api-key", "--max-out-len", "--ignore-eos", "--temperature",
                     "--top-p", "--top-k", "--extra-body", "--no-stream"),
     "LLM conversations": ("--multi-turn", "--history", "--think-time", "--max-history-tokens"),

@@ -230,6 +230,10 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
         reasons.update(cancel_reason(str(r.get("error") or "")) for r in kept)
     profile = profile or config.get("metric_profile", "default")
     n, failed, skipped = cols.n, cols.failed, cols.skipped
+    from . import by_turn, schedule
+    # before metrics.compute, which uses the events up; the user cap only when it was one number
+    sched = schedule.adherence(cols, None if config.get("steps") or config.get("capacity_search")
+                               else config.get("max_users") or config.get("users"))
     results = metrics.compute(cols, profile=profile, max_concurrency=config.get("max_users"),
                               stream=config.get("stream", True), slo=config.get("slo") or None)
     out_dir = out_dir or run_dir
@@ -237,8 +241,14 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
     csv_path, json_path = tables.write(results, perf_dir, config.get("dataset_abbr", "dataset"))
     curve_path = tables.write_curve(results, perf_dir, config.get("dataset_abbr", "dataset"))
     ci_paths = tables.write_intervals(results, perf_dir, config.get("dataset_abbr", "dataset"))
+    turns = by_turn.rows(records_path) if by_turn.applies(config) else []  # [] (and no file) else
+    turn_paths = by_turn.write(turns, perf_dir, config.get("dataset_abbr", "dataset"))
     if echo:
         print(tables.console(results))
+        if turns:
+            print(by_turn.console(turns))
+        if sched:
+            print(schedule.line(sched))
         failures = failure_text(failed, n)
         if failures:
             print(failures)
@@ -275,11 +285,13 @@ def report(run_dir: str, profile: str | None = None, echo: bool = True,
             print(f"{stats.LEVEL:.0%} confidence intervals written to {ci_paths[0]} and {ci_paths[1]}")
         if curve_path:
             print(f"Latency vs throughput per stage written to {curve_path}")
+        if turn_paths:
+            print(f"By turn written to {turn_paths[0]} and {turn_paths[1]}")
     if html:
         from .report import render
         path = render(run_dir, html if isinstance(html, str) else os.path.join(out_dir, "report.html"),
                       cols=cols, plot_sample=plot_sample,
-                      results=results, config=config, server=server)
+                      results=results, config=config, server=server, schedule=sched, by_turn=turns)
         if echo:
             print(f"Report written to {path}")
     return results

@@ -65,6 +65,7 @@ class Session:
         self.worker_id = ""       # host:pid of this process (set at start: --processes forks after import)
         self.scraper = None       # scrape.ScraperProcess: the server's /metrics, once per run
         self.armed = None         # the next run's scraper, spawned at prepare time, off the -t clock
+        self.worker = False       # prepared as a distributed worker (the master prints the lines)
 
     # -- the target -------------------------------------------------------------------------------------
     def sim_args_for(self, cfg: RunConfig) -> tuple:
@@ -135,6 +136,7 @@ class Session:
             if not model:
                 raise ClientError(f"--model is empty and {cfg.host}{check} names no model; pass --model")
         self.cfg, self.model = cfg, model
+        self.worker = worker  # a worker's prepare line is only logged: it skips what is only printed
         line = workloads.prepare(self, self.load_prompts(cfg))
         # the prompts' theoretical prefix-cache hit rate, kept in config.json at test start
         self.prefix_theory = None if worker else prefix_hits.plan(

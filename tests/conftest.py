@@ -71,7 +71,7 @@ def run_locust(out_dir, *args, timeout=120, watch: RunQueueWait | None = None) -
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-COMPANIONS = ("_curve", "_ci")  # performances/<abbr>/<dataset>_curve.csv, _ci.csv/.json beside AISBench's two
+COMPANIONS = ("_curve", "_ci", "_by_turn")  # performances/<abbr>/<dataset>_curve.csv, _ci.csv/.json beside AISBench's two
 
 
 def aisbench_files(run: str, ext: str) -> list[str]:

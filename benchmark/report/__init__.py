@@ -36,12 +36,15 @@ _env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blo
 
 def render(run_dir: str, out_path: str | None = None, *, cols: Columns | None = None,
            plot_sample: Columns | None = None, results: metrics.Results | None = None,
-           config: dict | None = None, server: tuple | None = None) -> str:
+           config: dict | None = None, server: tuple | None = None, schedule: dict | None = None,
+           by_turn: list | None = None) -> str:
     """Write the report of `run_dir` to out_path (default run_dir/report.html); returns the path.
 
     The tables step passes what it has already read: `cols` (the run, its events possibly used up by
     metrics.compute), `plot_sample` (read_columns' sample for the plots), `results`, `config` and
-    `server` (server_metrics.reconcile_run's result, when the run was scraped)."""
+    `server` (server_metrics.reconcile_run's result, when the run was scraped), `schedule`
+    (schedule.adherence) and `by_turn` (by_turn.rows); those two are computed here when not given."""
+    from .. import by_turn as turns_of, schedule as sched_of
     if config is None:
         config = _json(os.path.join(run_dir, "config.json")) or {}
     if cols is None or plot_sample is None:
@@ -49,12 +52,19 @@ def render(run_dir: str, out_path: str | None = None, *, cols: Columns | None = 
         cols, plot_sample = read_columns(os.path.join(run_dir, "records.jsonl"), drop_cancelled=True,
                                          exclude_stages=(WARMUP,), sample_requests=PLOT_REQUESTS)
         results = None
+        schedule = schedule or sched_of.adherence(cols, None if config.get("steps") or config.get("capacity_search")
+                                                  else config.get("max_users") or config.get("users"))
+    if by_turn is None:
+        by_turn = turns_of.rows(os.path.join(run_dir, "records.jsonl")) if turns_of.applies(config) else []
     if results is None:
         extra = {"slo": config["slo"]} if config.get("slo") else {}
         results = metrics.compute(cols, profile=config.get("metric_profile", "default"),
                                   max_concurrency=config.get("max_users"), stream=config.get("stream", True), **extra)
-    html = _env.get_template("report.html.j2").render(**context(run_dir, cols, plot_sample, results, config,
-                                                                server))
+    ctx = context(run_dir, cols, plot_sample, results, config, server)
+    ctx["schedule"] = sched_of.line(schedule)
+    ctx["schedule_late"] = bool(schedule and schedule["late"])
+    ctx["by_turn"] = {"columns": turns_of.COLUMNS, "rows": [[turns_of.cell(v) for v in r] for r in by_turn]}
+    html = _env.get_template("report.html.j2").render(**ctx)
     return write_html(html, out_path or os.path.join(run_dir, "report.html"))
 
 

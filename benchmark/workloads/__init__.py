@@ -51,18 +51,23 @@ class Workload:
         """After `request`'s record is made (a deferred record: later, by the idle worker)."""
 
 
-KINDS = ("independent", "conversations")
+KINDS = ("independent", "conversations", "trace")
 
 
 def kind(cfg) -> str:
     """The workload of a run's options."""
-    return "conversations" if cfg.dataset == "conversations" or getattr(cfg, "multi_turn", False) else "independent"
+    if cfg.dataset == "conversations" or getattr(cfg, "multi_turn", False):
+        return "conversations"
+    return "trace" if cfg.dataset == "trace" else "independent"
 
 
 def _module(name: str):
     if name == "conversations":
         from . import conversations
         return conversations
+    if name == "trace":
+        from . import trace
+        return trace
     from . import independent
     return independent
 
