@@ -7,29 +7,6 @@ its step as `stage`, so tables and accuracy split by step.
 from __future__ import annotations
 
 from locust import LoadTestShape
-from locust.util.timespan import parse_timespan
-
-from .options import ConfigError
-
-
-def parse_steps(text: str) -> list[int]:
-    try:
-        steps = [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        steps = []
-    if not steps or min(steps) < 1:
-        raise ConfigError(f"--steps: expected user counts like 8,16,32; got {text!r}")
-    return steps
-
-
-def parse_step_time(text: str) -> float:
-    try:
-        seconds = parse_timespan(text)
-    except ValueError:
-        seconds = 0
-    if seconds <= 0:
-        raise ConfigError(f"--step-time: expected a duration like 60s or 2m; got {text!r}")
-    return float(seconds)
 
 
 def stage_name(i: int, users: int) -> str:

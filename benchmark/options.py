@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -152,7 +153,6 @@ class RunConfig:
         if (cfg.multi_turn or dataset == "conversations") and cfg.mode != "perf":
             raise ConfigError(f"--mode {cfg.mode}: conversations have no gold answers to score; use --mode perf")
         if _bool(o, "capacity_search"):
-            from .load import parse_step_time
             if not cfg.slo:
                 raise ConfigError("--capacity-search: needs --slo, e.g. --slo ttft=500ms,tpot=50ms")
             cfg.search = True
@@ -162,7 +162,6 @@ class RunConfig:
         if _raw(o, "ramp_up_strategy"):
             cfg.ramp = _ramp(o)
         if _raw(o, "steps"):
-            from .load import parse_step_time, parse_steps
             cfg.steps = parse_steps(_raw(o, "steps"))
             cfg.step_time = parse_step_time(_raw(o, "step_time") or "60s")
         if dataset == "trace":  # a trace brings its own timeline (workloads/trace.py): no second load model
@@ -477,3 +476,28 @@ def _ramp(o) -> dict:
     if not seconds:
         raise ConfigError("--ramp-up-strategy: needs -t/--run-time, the time the ramp spans")
     return {"strategy": strategy, "start_rps": start, "end_rps": end, "seconds": float(seconds)}
+
+
+def parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        steps = []
+    if not steps or min(steps) < 1:
+        raise ConfigError(f"--steps: expected user counts like 8,16,32; got {text!r}")
+    return steps
+
+
+# Locust's -t grammar (locust/util/timespan.py), here so that parsing options never imports Locust (its
+# import monkey-patches the process: too late once ssl is loaded)
+_TIMESPAN = re.compile(r"((?P<h>\d+?)h)?((?P<m>\d+?)m)?((?P<s>\d+?)s)?")
+
+
+def parse_step_time(text: str) -> float:
+    text = (text or "").strip()
+    match = _TIMESPAN.fullmatch(text) if text and not text.isdigit() else None
+    seconds = (int(text) if text.isdigit() else
+               int(match["h"] or 0) * 3600 + int(match["m"] or 0) * 60 + int(match["s"] or 0) if match else 0)
+    if seconds <= 0:
+        raise ConfigError(f"--step-time: expected a duration like 60s or 2m; got {text!r}")
+    return float(seconds)

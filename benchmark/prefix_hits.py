@@ -25,6 +25,11 @@ from . import backends, tokens
 from .prefix_cache import BLOCK, PrefixCache, block_keys, max_hit_blocks, request_words
 
 KEY = "prefix_cache_theory"
+# figured at prepare time up to this many prompt tokens (estimated from the characters: synthetic and
+# trace words are ~5 characters a token): encoding takes ~2-8 s per million tokens, and a bigger run
+# would wait that long before it starts
+BUDGET_TOKENS = 1_000_000
+CHARS_PER_TOKEN = 5
 
 
 def plan(prompts: list, cfg, model: str, tokenizer) -> dict | None:
@@ -34,12 +39,35 @@ def plan(prompts: list, cfg, model: str, tokenizer) -> dict | None:
     None without prompts (a conversation run: its histories depend on the answers)."""
     if not prompts:
         return None
+    chars = sum(len(m.get("content") or "") for p in prompts for m in p.messages if isinstance(m.get("content"), str))
+    if chars > BUDGET_TOKENS * CHARS_PER_TOKEN:
+        return {"skipped": f"about {chars // CHARS_PER_TOKEN:,} prompt tokens, over the {BUDGET_TOKENS:,} figured "
+                           "before a run; cut the prompts with --num-prompts or --trace-window, or figure it "
+                           "offline (README 'Prefix groups')"}
     limit = (cfg.num_requests + cfg.warmup if cfg.num_requests
              else len(prompts) + cfg.warmup if cfg.mode != "perf" else math.inf)
     try:
         return theory(prompts, list(range(len(prompts))), limit, cfg, model, tokenizer)
     except Exception as e:  # noqa: BLE001 - a second opinion: never stop a run for it
         return {"error": f"{type(e).__name__}: {e}"}
+
+
+def prepare_line(figures: dict | None, built_to_share: bool) -> str:
+    """The console line at prepare time: 'Prefix cache: theoretical hit rate ...' when the workload was
+    built to share prefixes (a trace, synthetic --prefix-*) or its prompts share some anyway (a few-shot
+    prompt); '' otherwise."""
+    if not figures:
+        return ""
+    if "skipped" in figures:
+        return f"Prefix cache: theoretical hit rate not figured ({figures['skipped']})" if built_to_share else ""
+    fig = figures.get("tokenizer") or figures.get("words")
+    if not isinstance(fig, dict) or not (built_to_share or fig["hit_rate"] > 0):
+        return ""
+    words = figures.get("words")
+    also = f"; {100 * words['hit_rate']:.1f} % in the simulator's words" if "tokenizer" in figures and words else ""
+    return (f"Prefix cache: theoretical hit rate {100 * fig['hit_rate']:.1f} % (block {figures['block']}) for "
+            f"{figures['order']} ({fig['cached_tokens']} of {fig['prompt_tokens']} prompt tokens{also}); "
+            "an ideal cache: compare with the server's after the run")
 
 
 def keep(run, figures: dict | None) -> None:

@@ -141,6 +141,9 @@ class Session:
         # the prompts' theoretical prefix-cache hit rate, kept in config.json at test start
         self.prefix_theory = None if worker else prefix_hits.plan(
             self.prompts, cfg, model, lambda: tokens.load_tokenizer(cfg.tokenizer))
+        opts = cfg.dataset_options
+        shared = cfg.dataset == "trace" or bool(opts.get("prefix_tokens") or opts.get("prefix_ratio"))
+        line = "\n".join(filter(None, [line, prefix_hits.prepare_line(self.prefix_theory, shared)]))
         self.prepared_for = cfg
         if not worker:
             self.arm_scraper(cfg)

@@ -277,16 +277,19 @@ def test_the_prefix_line_at_prepare_for_a_synthetic_shared_prefix(tmp_path):
     _, out, _ = headless(tmp_path / "out", "-u", "1", "-r", "1", "--num-requests", "4", "--num-prompts", "4",
                          "--prefix-tokens", "32", "--input-len", "fixed:40", "--max-out-len", "2",
                          "--sim-ttft-ms", "2", "--sim-itl-ms", "1")
-    assert ("Prefix cache: theoretical hit rate 60.0 % (block 16) for the prompts in send order "
-            "(96 of 160 prompt tokens)") in out
+    assert "Prefix cache: theoretical hit rate 60.0 % (block 16) for 4 requests in send order (96 of 160 prompt " \
+           "tokens; " in out, out
 
 
 def test_the_prefix_line_says_how_to_get_it_over_the_budget(monkeypatch):
-    from benchmark.workloads import independent
-    monkeypatch.setattr(independent, "PREFIX_LINE_TOKENS", 10)
+    from benchmark import prefix_hits
+    from benchmark.options import RunConfig
+    monkeypatch.setattr(prefix_hits, "BUDGET_TOKENS", 10)
     prompts = [Prompt(0, [{"role": "user", "content": "word " * 20}])]
-    line = independent.prefix_line(prompts, None)
-    assert line.startswith("Prefix cache: theoretical hit rate not computed (about 20 prompt tokens")
+    figures = prefix_hits.plan(prompts, RunConfig(), "m", lambda: None)
+    line = prefix_hits.prepare_line(figures, built_to_share=True)
+    assert line.startswith("Prefix cache: theoretical hit rate not figured (about 20 prompt tokens")
+    assert prefix_hits.prepare_line(figures, built_to_share=False) == ""  # nothing said where nothing was built
 
 
 def test_an_open_loop_run_gets_the_schedule_line_of_its_queue_delay(tmp_path, start_sim):

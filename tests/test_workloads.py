@@ -342,6 +342,9 @@ def test_figures_of_a_record():
 
 def test_the_session_and_workloads_import_no_locust_and_the_wiring_registers_once():
     no_locust = ("import sys, benchmark.session, benchmark.workloads.conversations, benchmark.workloads.independent\n"
+                 "import benchmark.workloads.trace\n"
+                 "from benchmark.options import parse_step_time, parse_steps\n"  # --steps parsed without Locust
+                 "assert parse_steps('1,2') == [1, 2] and parse_step_time('1m30s') == 90.0\n"
                  "assert not [m for m in sys.modules if m.split('.')[0] == 'locust'], 'locust imported'\n"
                  "print('ok')\n")
     once = ("import locust, importlib.util, benchmark.user as u\n"

@@ -17,36 +17,10 @@ def load(cfg):
                          tokenizer=cfg.tokenizer, **cfg.dataset_options)
 
 
-# the theoretical hit rate is computed at prepare time up to this many prompt tokens (estimated from the
-# characters: the synthetic and trace words are ~5 characters a token); encoding takes ~2-8 s per million
-# tokens, so a bigger run would wait that long before it starts
-PREFIX_LINE_TOKENS = 1_000_000
-CHARS_PER_TOKEN = 5
-
-
 def prepare(session, prompts) -> str:
     session.prompts = prompts
     session.bodies = [build_body(p, session.cfg, session.model) for p in prompts]
-    line = datasets.describe(prompts)
-    cfg = session.cfg
-    opts = cfg.dataset_options
-    if getattr(session, "worker", False):
-        return line  # the master prints the prefix line: a worker would only encode the prompts again
-    if cfg.dataset == "trace" or (cfg.dataset == "synthetic" and (opts.get("prefix_tokens") or opts.get("prefix_ratio"))):
-        line += "\n" + prefix_line(prompts, cfg.tokenizer)
-    return line
-
-
-def prefix_line(prompts, tokenizer) -> str:
-    """The `Prefix cache: theoretical hit rate ...` line for the prompts in send order (one pass), or,
-    over PREFIX_LINE_TOKENS, how to get it."""
-    from .. import prefix_cache
-    chars = sum(len(m.get("content") or "") for p in prompts for m in p.messages)
-    if chars > PREFIX_LINE_TOKENS * CHARS_PER_TOKEN:
-        return (f"Prefix cache: theoretical hit rate not computed (about {chars // CHARS_PER_TOKEN:,} prompt tokens, "
-                f"over the {PREFIX_LINE_TOKENS:,} computed before a run; cut the prompts with --num-prompts or "
-                "--trace-window, or compute it offline: README 'Prefix groups')")
-    return prefix_cache.describe_prompts(prompts, datasets.tokenizer_for(tokenizer))
+    return datasets.describe(prompts)
 
 
 class Workload(Base):
