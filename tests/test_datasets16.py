@@ -406,7 +406,7 @@ def test_conversation_csv(tmp_path):
     ({"turns": []}, ":2: 'turns' must be a non-empty list"),
     ({"turns": ["hi"]}, ":2: turns[0] must be an object with a 'user' text"),
     ({"turns": [{"assistant": "x"}]}, ":2: turns[0]: 'user' is missing or empty"),
-    ({"turns": [{"user": "hi", "max_tokens": 0}]}, ":2: turns[0]: 'max_tokens' must be a positive integer, got 0"),
+    ({"turns": [{"user": "hi", "max_tokens": 0}]}, ":2: turns[0]: max_tokens must be a positive integer, got 0"),
     ({"turns": [{"user": "hi", "think_time": -1}]}, ":2: turns[0]: 'think_time' must be seconds (a number >= 0)"),
     ({"turns": [{"user": 5}]}, ":2: turns[0]: 'user' must be text, got int"),
     ({"system": 3, "turns": [{"user": "hi"}]}, ":2: 'system' must be text, got int"),

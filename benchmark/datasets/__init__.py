@@ -34,6 +34,28 @@ class Prompts(list):
         self.dropped = dict(dropped or {})
 
 
+def jsonl_objects(path: str):
+    """(line number, object) for each non-blank line of a JSONL file (a UTF-8 BOM allowed); a line that is
+    not a JSON object, an unreadable file or non-UTF-8 text: a one-line DatasetError naming file:line."""
+    import json
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as e:
+                    raise DatasetError(f"{path}:{lineno}: not valid JSON ({getattr(e, 'msg', e)})") from None
+                if not isinstance(row, dict):
+                    raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                yield lineno, row
+    except OSError as e:
+        raise DatasetError(f"--dataset-path {path}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text") from None
+
+
 def describe(prompts: list) -> str:
     """One console line: how many prompts, from what, and how many items a filter left out and why."""
     from .conversations import Conversations, describe as describe_conversations

@@ -19,12 +19,12 @@ naming the file, the line and what to fix.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass
 
-from . import DatasetError
+from . import DatasetError, jsonl_objects
+from .custom import _max_tokens  # the same rule for a per-turn max_tokens as for a custom prompt's
 
 
 @dataclass
@@ -95,18 +95,6 @@ def _text(where: str, value, name: str, required: bool) -> str | None:
     return value
 
 
-def _max_tokens(where: str, value) -> int | None:
-    if value in (None, ""):
-        return None
-    try:
-        n = int(value) if not isinstance(value, float) or value.is_integer() else None
-    except (TypeError, ValueError):
-        n = None
-    if isinstance(value, bool) or n is None or n < 1:
-        raise DatasetError(f"{where}: 'max_tokens' must be a positive integer, got {value!r}")
-    return n
-
-
 def _think(where: str, value) -> float | None:
     if value in (None, ""):
         return None
@@ -122,23 +110,8 @@ def _think(where: str, value) -> float | None:
 # ------------------------------------------------------------------------------------ JSONL
 
 def _read_jsonl(path: str):
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    raise DatasetError(f"{where}: not valid JSON ({getattr(e, 'msg', e)})") from None
-                if not isinstance(row, dict):
-                    raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
-                yield _conversation(where, row, default_id=f"line{lineno}")
-    except OSError as e:
-        raise DatasetError(f"--dataset-path {path}: cannot read it ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not UTF-8 text") from None
+    for lineno, row in jsonl_objects(path):
+        yield _conversation(f"{path}:{lineno}", row, default_id=f"line{lineno}")
 
 
 def _conversation(where: str, row: dict, default_id: str) -> Conversation:

@@ -18,7 +18,7 @@ import csv
 import json
 import os
 
-from . import DatasetError, Prompt
+from . import DatasetError, Prompt, jsonl_objects
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
@@ -31,7 +31,7 @@ def load(path: str, num_prompts: int = 0) -> list[Prompt]:
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".jsonl", ".csv"):
         raise DatasetError(f"--dataset-path {path}: expected a .jsonl or .csv file")
-    rows = _read_csv(path) if ext == ".csv" else _read_jsonl(path)
+    rows = _read_csv(path) if ext == ".csv" else jsonl_objects(path)
     prompts = []
     options = None
     for lineno, row in rows:
@@ -50,23 +50,6 @@ def _open(path: str):
         return open(path, encoding="utf-8-sig", newline="")
     except OSError as e:
         raise DatasetError(f"--dataset-path {path}: cannot read it ({e.strerror})") from None
-
-
-def _read_jsonl(path: str):
-    with _open(path) as f:
-        try:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    raise DatasetError(f"{path}:{lineno}: not valid JSON ({getattr(e, 'msg', e)})") from None
-                if not isinstance(row, dict):
-                    raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-                yield lineno, row
-        except UnicodeDecodeError:
-            raise DatasetError(f"{path}: not UTF-8 text") from None
 
 
 def _read_csv(path: str):

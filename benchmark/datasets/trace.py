@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import DatasetError, Prompt
+from . import DatasetError, Prompt, jsonl_objects
 
 BLOCK_TOKENS = 512
 ID_WORDS = 5                # words that spell a block's id: heads x mid^4 > 2^64
@@ -139,25 +138,7 @@ def _int_field(where: str, row: dict, name: str, minimum: int) -> int | None:
 
 
 def _jsonl(path: str) -> list[tuple]:
-    rows = []
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    raise DatasetError(f"{where}: not valid JSON ({getattr(e, 'msg', e)})") from None
-                if not isinstance(row, dict):
-                    raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
-                rows.append(_mooncake(where, row))
-    except OSError as e:
-        raise DatasetError(f"--dataset-path {path}: cannot read it ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not UTF-8 text") from None
-    return rows
+    return [_mooncake(f"{path}:{lineno}", row) for lineno, row in jsonl_objects(path)]
 
 
 def _mooncake(where: str, row: dict) -> tuple:
