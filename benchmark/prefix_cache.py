@@ -118,25 +118,16 @@ def request_words(body: dict, dialect: str) -> list[str]:
 
 
 def prompt_token_ids(tokenizer, prompts) -> list[list[int]]:
-    """The token ids a server would see for each Prompt's messages: the chat template when the
-    tokenizer has one (encoded without added special tokens), else the contents joined (with the
-    default special tokens), as benchmark/tokens.py counts inputs."""
-    from .tokens import input_text
+    """The token ids a server would see for each Prompt's messages, as benchmark/tokens.py counts input
+    tokens: the chat template when the tokenizer has one (which writes its special tokens itself), else
+    the contents joined, with the default special tokens."""
+    from .tokens import encode_ids, input_text
     rendered = [input_text(tokenizer, p.messages) for p in prompts]
-    out: list[list[int]] = [[] for _ in rendered]
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    out: list = [None] * len(rendered)
     for templated in (True, False):
         idx = [i for i, (_, t) in enumerate(rendered) if t is templated]
-        if not idx:
-            continue
-        texts = [rendered[i][0] for i in idx]
-        if backend is not None:
-            enc = backend.encode_batch(texts, add_special_tokens=not templated)
-            ids = [e.ids for e in enc]
-        else:
-            ids = tokenizer(texts, add_special_tokens=not templated)["input_ids"]
-        for i, row in zip(idx, ids):
-            out[i] = list(row)
+        for i, ids in zip(idx, encode_ids(tokenizer, (rendered[i][0] for i in idx), not templated)):
+            out[i] = ids
     return out
 
 

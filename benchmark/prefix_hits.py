@@ -22,7 +22,7 @@ import math
 import time
 
 from . import backends, tokens
-from .prefix_cache import BLOCK, PrefixCache, block_keys, max_hit_blocks, request_words
+from .prefix_cache import BLOCK, PrefixCache, block_keys, max_hit_blocks, prompt_token_ids, request_words
 
 KEY = "prefix_cache_theory"
 # figured at prepare time up to this many prompt tokens (estimated from the characters: synthetic and
@@ -97,7 +97,7 @@ def theory(prompts: list, order: list, limit, cfg, model: str, tokenizer, block:
     out = {"block": block, "requests": len(sequence), "order": how, "words": ideal(words, sequence, block)}
     try:
         tok = tokenizer()
-        ids = dict(zip(used, _token_ids(tok, [prompts[i].messages for i in used], backend.CHAT)))
+        ids = dict(zip(used, _token_ids(tok, [prompts[i] for i in used], backend.CHAT)))
         out.update(tokenizer=ideal(ids, sequence, block), tokenizer_name=tokens.describe(tok))
     except Exception as e:  # noqa: BLE001 - no tokenizer at hand: the words' figure still holds
         out["tokenizer_error"] = f"{type(e).__name__}: {e}"
@@ -122,17 +122,11 @@ def ideal(token_lists: dict, sequence: list, block: int = BLOCK) -> dict:
     return {"hit_rate": cached / prompt if prompt else 0.0, "cached_tokens": cached, "prompt_tokens": prompt}
 
 
-def _token_ids(tok, messages_list: list, chat: bool) -> list[list[int]]:
+def _token_ids(tok, prompts: list, chat: bool) -> list[list[int]]:
     """Each prompt's token ids as benchmark/tokens.py counts its input tokens."""
     if not chat:  # a text dialect sends the prompt as text; the server adds its special tokens
-        return tokens.encode_ids(tok, [backends.prompt_text(m) for m in messages_list], add_special_tokens=True)
-    rendered = [tokens.input_text(tok, m) for m in messages_list]
-    out = [None] * len(rendered)
-    for templated in (True, False):  # a template writes its special tokens itself
-        idx = [i for i, (_, t) in enumerate(rendered) if t is templated]
-        for i, ids in zip(idx, tokens.encode_ids(tok, (rendered[i][0] for i in idx), not templated)):
-            out[i] = ids
-    return out
+        return tokens.encode_ids(tok, [backends.prompt_text(p.messages) for p in prompts], add_special_tokens=True)
+    return prompt_token_ids(tok, prompts)
 
 
 def console_line(results, config: dict) -> str:

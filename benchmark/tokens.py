@@ -176,28 +176,26 @@ def input_text(tok, messages: Sequence[dict]) -> tuple[str, bool]:
     return "".join(_content_text(m.get("content")) for m in messages), False
 
 
-def encode_lens(tok, texts: Iterable[str], add_special_tokens: bool = False) -> list[int]:
-    """Token counts of many texts in one call to the Rust backend."""
+def _encoded(tok, texts: Iterable[str], add_special_tokens: bool) -> list:
+    """Each text's token ids, in one call to the Rust backend when the tokenizer has one."""
     texts = list(texts)
     if not texts:
         return []
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is not None:
         enc = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
-        return [len(e.ids) for e in enc(texts, add_special_tokens=add_special_tokens)]
-    return [len(ids) for ids in tok(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+        return [e.ids for e in enc(texts, add_special_tokens=add_special_tokens)]
+    return tok(texts, add_special_tokens=add_special_tokens)["input_ids"]
+
+
+def encode_lens(tok, texts: Iterable[str], add_special_tokens: bool = False) -> list[int]:
+    """Token counts of many texts in one call to the Rust backend."""
+    return [len(ids) for ids in _encoded(tok, texts, add_special_tokens)]
 
 
 def encode_ids(tok, texts: Iterable[str], add_special_tokens: bool = False) -> list[list[int]]:
     """Token ids of many texts in one call to the Rust backend (the ids `encode_lens` counts)."""
-    texts = list(texts)
-    if not texts:
-        return []
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is not None:
-        enc = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
-        return [list(e.ids) for e in enc(texts, add_special_tokens=add_special_tokens)]
-    return [list(ids) for ids in tok(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+    return [list(ids) for ids in _encoded(tok, texts, add_special_tokens)]
 
 
 def count_inputs(tok, messages_list: Iterable[Sequence[dict]]) -> list[int]:
